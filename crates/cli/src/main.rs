@@ -1,0 +1,31 @@
+//! `tttnn`: test-time training on nearest neighbors. A thin binary: each command lives in
+//! its own module under `commands/`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tttnn", version, about = "Test-time training on nearest neighbors for language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score documents with a causal LM (lm-eval-harness rolling log-likelihood) and report
+    /// bits per byte, byte perplexity and word perplexity per task.
+    Score(commands::score::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(args) => commands::score::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
