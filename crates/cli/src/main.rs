@@ -17,12 +17,22 @@ enum Command {
     /// Score documents with a causal LM (lm-eval-harness rolling log-likelihood) and report
     /// bits per byte, byte perplexity and word perplexity per task.
     Score(commands::score::Args),
+    /// Build (or resume) a retrieval index: document store + embeddings + flat vector index.
+    Index(commands::index::Args),
+    /// Top-k nearest training documents of each query document (JSON lines).
+    Search(commands::search::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(commands::bench_index::BenchCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score(args) => commands::score::run(args),
+        Command::Index(args) => commands::index::run(args),
+        Command::Search(args) => commands::search::run(args),
+        Command::Bench(cmd) => commands::bench_index::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

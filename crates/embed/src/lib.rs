@@ -12,6 +12,22 @@
 //! assert_eq!(vecs[0].len(), enc.dim());
 //! let id = enc.identity(); // recorded in an index; compare before searching it
 //! ```
+//!
+//! An index directory made by `tttnn index` holds `store/` (a `corpus::DocStore`),
+//! `vectors/` (an `index::FlatIndex`, whose `spec().encoder` is the JSON of an
+//! [`EncoderIdentity`]) and `index.json`. Retrieval for one test document is:
+//! ```no_run
+//! use index::VectorIndex;
+//! let dir = std::path::Path::new("my-index");
+//! let store = corpus::DocStore::open(&dir.join("store")).unwrap();
+//! let vectors = index::FlatIndex::open(&dir.join("vectors")).unwrap();
+//! let recorded: embed::EncoderIdentity = serde_json::from_value(vectors.spec().encoder.clone()).unwrap();
+//! let enc = embed::Encoder::load_recorded(&recorded, None).unwrap();
+//! let q = enc.embed(&["the test document"]).unwrap();
+//! for n in &vectors.search(&q[0], 20).unwrap()[0] {
+//!     let doc = store.get(n.id).unwrap(); // doc.text, doc.task; n.distance
+//! }
+//! ```
 
 mod bert;
 
@@ -159,6 +175,25 @@ impl Encoder {
             fingerprint: fingerprint(&dir, &weights)?,
         };
         Ok(Self { model, tokenizer, identity, batch_size: opts.batch_size.max(1) })
+    }
+
+    /// Loads the encoder an index recorded, with the recorded options, from the recorded
+    /// path or from `dir` when given; fails with "index/encoder mismatch" when the model
+    /// found there is not the one that made the index.
+    pub fn load_recorded(recorded: &EncoderIdentity, dir: Option<&Path>) -> Result<Self, EmbedError> {
+        let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| recorded.path.clone());
+        let opts = EncoderOptions { normalize: recorded.normalize, max_tokens: Some(recorded.max_tokens), batch_size: 32 };
+        let enc = Self::load(&dir, &opts)?;
+        if !enc.identity.same_encoder(recorded) {
+            return Err(EmbedError::Load {
+                path: dir,
+                message: format!(
+                    "index/encoder mismatch: the index was built with {} (fingerprint {}, dim {}), this folder holds {} (fingerprint {}, dim {})",
+                    recorded.name, recorded.fingerprint, recorded.dim, enc.identity.name, enc.identity.fingerprint, enc.identity.dim
+                ),
+            });
+        }
+        Ok(enc)
     }
 
     pub fn dim(&self) -> usize {

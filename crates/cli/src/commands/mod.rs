@@ -1,1 +1,4 @@
 pub mod score;
+pub mod bench_index;
+pub mod index;
+pub mod search;
