@@ -142,7 +142,8 @@ impl Rope {
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&self.cos)?.add(&rotated.broadcast_mul(&self.sin)?)
+        let (cos, sin) = (self.cos.to_dtype(x.dtype())?, self.sin.to_dtype(x.dtype())?);
+        x.broadcast_mul(&cos)?.add(&rotated.broadcast_mul(&sin)?)
     }
 }
 

@@ -47,10 +47,17 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
-/// A copy of the weights (and of the optimizer, when given) to return to.
+/// A copy of the weights to return to (the optimizer, [`AdamW`], is `Clone` for its own copy).
 #[derive(Clone)]
 pub struct Snapshot {
     weights: Vec<Vec<f32>>,
+}
+
+impl Snapshot {
+    /// Each parameter's values, in [`Model::param_names`] order.
+    pub fn weights(&self) -> &[Vec<f32>] {
+        &self.weights
+    }
 }
 
 /// A causal language model that can score, train one step, and be restored.
@@ -228,6 +235,9 @@ impl LanguageModel for Model {
             bail!("snapshot has {} parameters, the model {}", snapshot.weights.len(), self.params.vars.len());
         }
         for (var, saved) in self.params.vars.iter().zip(&snapshot.weights) {
+            if var.elem_count() != saved.len() {
+                bail!("snapshot does not fit this model's parameters");
+            }
             update_in_place(var.as_tensor(), |p| p.copy_from_slice(saved))
                 .context("restoring weights")?;
         }
