@@ -2,6 +2,8 @@
 //! its own module under `commands/`.
 
 mod commands;
+mod output;
+mod report;
 
 use clap::{Parser, Subcommand};
 

@@ -156,6 +156,18 @@ impl Model {
         Ok(())
     }
 
+    /// Uses `tokenizer` (e.g. GPT-2's vocab.json/merges.txt for a weights-only folder); the
+    /// scoring vocabulary becomes the tokenizer's.
+    pub fn set_tokenizer(&mut self, tokenizer: Tokenizer) -> Result<()> {
+        let (n, vocab) = (tokenizer.vocab_size(), self.train_net.vocab_size());
+        if n > vocab {
+            bail!("the tokenizer has {n} tokens but the model only {vocab} output rows");
+        }
+        self.info.vocab_limit = n;
+        self.tokenizer = Some(tokenizer);
+        Ok(())
+    }
+
     /// Seeds the dropout generator.
     pub fn seed(&mut self, seed: u64) {
         self.rng = StdRng::seed_from_u64(seed);

@@ -1,1 +1,4 @@
-//! (filled in by its issue)
+//! The TTT-NN method: metrics over documents and tasks (and, with the evaluation issue,
+//! the per-document train-on-neighbors loop).
+
+pub mod metrics;
