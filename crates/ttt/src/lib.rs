@@ -1,4 +1,7 @@
-//! The TTT-NN method: metrics over documents and tasks (and, with the evaluation issue,
-//! the per-document train-on-neighbors loop).
+//! The TTT-NN method: the per-document train-on-neighbors loop ([`trainer`]) and the
+//! metrics over documents and tasks ([`metrics`]).
 
 pub mod metrics;
+pub mod trainer;
+
+pub use trainer::{chunks, DocumentOutcome, NeighborStep, OptimizerReset, TestTimeTrainer, TttConfig};
