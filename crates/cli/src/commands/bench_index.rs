@@ -12,6 +12,8 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Search and embedding throughput (see `tttnn bench index --help`).
     Index(Args),
+    /// LM scoring / training step / TTT-NN document, ours vs PyTorch (see `tttnn bench lm --help`).
+    Lm(super::bench_lm::Args),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +57,7 @@ pub struct Args {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Index(a) => run_index(a),
+        BenchCommand::Lm(a) => super::bench_lm::run(a),
     }
 }
 
