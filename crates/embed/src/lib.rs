@@ -236,11 +236,14 @@ impl Encoder {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let mut out = vec![Vec::new(); ids.len()];
-        // Batches bounded by both the sequence count and ~16k padded tokens.
+        // Batches bounded by the sequence count, ~16k padded tokens, and the attention
+        // scores' size (batch x heads x t^2 <= 8M values, 32 MB), which bounds peak memory.
+        let heads = self.model.config.num_attention_heads.max(1);
         let mut start = 0;
         while start < order.len() {
             let longest = ids[order[start]].len().max(1);
-            let n = self.batch_size.min((16384 / longest).max(1)).min(order.len() - start);
+            let by_attention = (8usize << 20) / (heads * longest * longest);
+            let n = self.batch_size.min((16384 / longest).max(1)).min(by_attention.max(1)).min(order.len() - start);
             let batch: Vec<Vec<u32>> = order[start..start + n].iter().map(|&i| ids[i].clone()).collect();
             let pooled = self
                 .model

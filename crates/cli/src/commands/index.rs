@@ -195,6 +195,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut next = start;
     let chunk = (args.batch_size * 8).max(1) as u64;
     let mut stopped = false;
+    let mut last_log = Instant::now();
     while next < target {
         if budget.is_some_and(|b| t_embed.elapsed() >= b) || args.stop_after_docs.is_some_and(|s| next - start >= s) {
             stopped = true;
@@ -209,6 +210,12 @@ pub fn run(args: Args) -> Result<()> {
         writer.add(&flat)?;
         bar.inc(end - next);
         next = end;
+        // Without a terminal the bar is hidden: log a line every 30 s instead.
+        if bar.is_hidden() && last_log.elapsed() >= Duration::from_secs(30) {
+            last_log = Instant::now();
+            let s = t_embed.elapsed().as_secs_f64();
+            eprintln!("embed  {next}/{target} docs, {:.1} docs/s", (next - start) as f64 / s);
+        }
     }
     bar.finish_and_clear();
     let secs = t_embed.elapsed().as_secs_f64();
