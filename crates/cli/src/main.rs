@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod plot;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,9 @@ enum Command {
     /// Score documents with a causal LM (lm-eval-harness rolling log-likelihood) and report
     /// bits per byte, byte perplexity and word perplexity per task.
     Score(commands::score::Args),
+    /// Evaluate TTT-NN: per test document, score, train on its nearest neighbors (nearest
+    /// first) rescoring after each, restore; per-task tables and curves over k.
+    Eval(commands::eval::Args),
     /// Build (or resume) a retrieval index: document store + embeddings + flat vector index.
     Index(commands::index::Args),
     /// Top-k nearest training documents of each query document (JSON lines).
@@ -32,6 +36,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score(args) => commands::score::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Index(args) => commands::index::run(args),
         Command::Search(args) => commands::search::run(args),
         Command::Bench(cmd) => commands::bench_index::run(cmd),
