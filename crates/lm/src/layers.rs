@@ -1,10 +1,14 @@
 //! Differentiable building blocks shared by the architectures.
 //!
-//! Everything here is composed of candle ops that have a backward pass: candle's fused
+//! On the CPU (f32/f64) the norms, attention, rotary embedding, activations and the
+//! cross-entropy run as fused custom ops with their own backward passes (`crate::ops`);
+//! elsewhere they are composed of candle ops that have a backward pass: candle's fused
 //! `layer_norm`, `rms_norm`, `softmax_last_dim` and `rope*` cut the gradient silently
 //! (DESIGN.md, "Known pitfalls"), so they are not used.
 
 use candle_core::{DType, Device, Result, Tensor, D};
+
+use crate::ops::{self, fusable};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -35,6 +39,18 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fusable(x) {
+            return x.contiguous()?.apply_op3(
+                &self.weight.contiguous()?,
+                &self.bias.contiguous()?,
+                ops::LayerNormOp { eps: self.eps },
+            );
+        }
+        self.forward_composed(x)
+    }
+
+    /// The same from generic candle ops (any device).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -59,6 +75,15 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fusable(x) {
+            let op = ops::RmsNormOp { eps: self.eps, one_plus: self.one_plus };
+            return x.contiguous()?.apply_op2(&self.weight.contiguous()?, op);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The same from generic candle ops (any device).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
         if self.one_plus {
@@ -87,6 +112,14 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 
 /// Mean next-token cross-entropy: `logits` `[T, V]` predict `targets` `[T]`.
 pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    if fusable(logits) {
+        return logits.contiguous()?.apply_op1(ops::CrossEntropyOp::new(targets.to_vec()));
+    }
+    cross_entropy_composed(logits, targets)
+}
+
+/// The same from generic candle ops (any device).
+pub fn cross_entropy_composed(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
     let picked = log_softmax(logits)?.gather(&t, 1)?;
     picked.mean_all()?.neg()
@@ -111,6 +144,9 @@ pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> Result<T
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// The first half of each row of the tables, for the fused kernel.
+    cos_half: Vec<f64>,
+    sin_half: Vec<f64>,
 }
 
 impl Rope {
@@ -129,10 +165,33 @@ impl Rope {
                 }
             }
         }
+        let halves = |v: &[f32]| -> Vec<f64> {
+            v.chunks(head_dim.max(1)).flat_map(|r| r[..half].iter().map(|&x| x as f64)).collect()
+        };
         Ok(Self {
+            cos_half: halves(&cos),
+            sin_half: halves(&sin),
             cos: Tensor::from_vec(cos, (t, head_dim), device)?,
             sin: Tensor::from_vec(sin, (t, head_dim), device)?,
         })
+    }
+
+    /// Rotates `x` `[T, H*D]` (heads side by side, as a projection returns them) or
+    /// `[T, H, D]`; returns `[T, H, D]`.
+    pub fn apply_thd(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let x = if x.rank() == 3 {
+            x.clone()
+        } else {
+            let (t, hd) = x.dims2()?;
+            x.reshape((t, heads, hd / heads))?
+        };
+        let (t, _, d) = x.dims3()?;
+        if fusable(&x) && d % 2 == 0 && self.cos_half.len() >= t * (d / 2) {
+            let half = d / 2;
+            let op = ops::RopeOp { cos: self.cos_half[..t * half].to_vec(), sin: self.sin_half[..t * half].to_vec() };
+            return x.contiguous()?.apply_op1(op);
+        }
+        self.apply(&x.transpose(0, 1)?.contiguous()?)?.transpose(0, 1)?.contiguous()
     }
 
     /// Rotates `x` `[H, T, D]`.
@@ -177,6 +236,49 @@ pub fn attention(
     probs.matmul(&v.contiguous()?)?.transpose(0, 1)?.reshape((t, h * d))
 }
 
+/// Causal self-attention (optionally over a sliding `window` of keys) with q `[T, H*D]` or
+/// `[T, H, D]`, k and v `[T, Hkv*D]` or `[T, Hkv, D]`; returns `[T, H*D]`. On the CPU
+/// without attention dropout this is one fused kernel (no T×T tensors are kept for the
+/// backward); otherwise it is [`attention`] over a [`causal_mask`].
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    scale: f64,
+    window: Option<usize>,
+    attn_dropout: Option<(f32, &mut StdRng)>,
+) -> Result<Tensor> {
+    let t = q.dim(0)?;
+    let as3 = |x: &Tensor, h: usize| -> Result<Tensor> {
+        if x.rank() == 3 {
+            return Ok(x.clone());
+        }
+        let (t, hd) = x.dims2()?;
+        x.reshape((t, h, hd / h))
+    };
+    let (q, k, v) = (as3(q, heads)?, as3(k, kv_heads)?, as3(v, kv_heads)?);
+    let d = q.dim(2)?;
+    let dropout_on = attn_dropout.as_ref().is_some_and(|(p, _)| *p > 0.0);
+    if fusable(&q) && !dropout_on {
+        let o = q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, ops::Attention::new(scale, window))?;
+        return o.reshape((t, heads * d));
+    }
+    let heads_first = |x: &Tensor| x.transpose(0, 1)?.contiguous();
+    let mask = causal_mask(t, window, q.device())?.to_dtype(q.dtype())?;
+    attention(&heads_first(&q)?, &heads_first(&k)?, &heads_first(&v)?, &mask, scale, attn_dropout)
+}
+
+/// `silu(gate) * up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fusable(gate) {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, ops::SwiGluOp);
+    }
+    gate.silu()?.mul(up)
+}
+
 /// Splits `[T, H*D]` into heads `[H, T, D]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (t, hd) = x.dims2()?;
@@ -205,6 +307,9 @@ pub fn maybe_dropout(x: &Tensor, p: f32, rng: Option<&mut StdRng>) -> Result<Ten
 
 /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) {
+        return x.contiguous()?.apply_op1(ops::GeluOp);
+    }
     x.gelu()
 }
 

@@ -19,6 +19,7 @@ pub mod layers;
 pub mod loader;
 pub mod model;
 pub mod models;
+pub mod ops;
 pub mod optim;
 pub mod scoring;
 pub mod tokenizer;

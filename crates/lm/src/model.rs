@@ -213,7 +213,11 @@ impl LanguageModel for Model {
         self.check_ids(input)?;
         let logits = self.eval_net.forward(input, None)?;
         let n = targets.len();
-        let logits = logits.narrow(0, input.len() - n, n)?.narrow(1, 0, self.info.vocab_limit)?;
+        let logits = logits.narrow(0, input.len() - n, n)?;
+        if crate::ops::fusable(&logits) {
+            return Ok(crate::ops::logprobs_cpu(&logits, self.info.vocab_limit, targets)?);
+        }
+        let logits = logits.narrow(1, 0, self.info.vocab_limit)?;
         let t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
         let lp = layers::log_softmax(&logits)?.gather(&t, 1)?.squeeze(1)?;
         Ok(lp.to_vec1::<f32>()?)

@@ -158,8 +158,6 @@ impl Architecture for Gemma3 {
         // transformers keeps the scale as an f32 tensor: sqrt(hidden) rounded to f32.
         let embed_scale = (c.hidden_size as f32).sqrt() as f64;
         let mut x = (layers::embed(&self.embed, ids)? * embed_scale)?;
-        let full_mask = layers::causal_mask(t, None, dev)?;
-        let sliding_mask = layers::causal_mask(t, Some(c.sliding_window), dev)?;
         let mut ropes: Vec<(f64, Rope)> = Vec::new();
         for l in &self.layers {
             if !ropes.iter().any(|(th, _)| *th == l.rope_theta) {
@@ -169,12 +167,13 @@ impl Architecture for Gemma3 {
         let scale = c.query_pre_attn_scalar.powf(-0.5);
         for l in &self.layers {
             let rope = &ropes.iter().find(|(th, _)| *th == l.rope_theta).unwrap().1;
-            let mask = if l.window.is_some() { &sliding_mask } else { &full_mask };
             let h = l.input_norm.forward(&x)?;
-            let q = l.q_norm.forward(&layers::split_heads(&l.q.forward(&h)?, c.num_attention_heads)?)?;
-            let k = l.k_norm.forward(&layers::split_heads(&l.k.forward(&h)?, c.num_key_value_heads)?)?;
-            let v = layers::split_heads(&l.v.forward(&h)?, c.num_key_value_heads)?;
-            let a = layers::attention(&rope.apply(&q)?, &rope.apply(&k)?, &v, mask, scale, None)?;
+            let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            let q = l.q_norm.forward(&l.q.forward(&h)?.reshape((t, nh, hd))?)?;
+            let k = l.k_norm.forward(&l.k.forward(&h)?.reshape((t, nkv, hd))?)?;
+            let v = l.v.forward(&h)?;
+            let (q, k) = (rope.apply_thd(&q, nh)?, rope.apply_thd(&k, nkv)?);
+            let a = layers::causal_attention(&q, &k, &v, nh, nkv, scale, l.window, None)?;
             x = x.add(&l.post_attn_norm.forward(&l.o.forward(&a)?)?)?;
             let h = l.pre_ff_norm.forward(&x)?;
             let m = l.down.forward(&layers::gelu_tanh(&l.gate.forward(&h)?)?.mul(&l.up.forward(&h)?)?)?;

@@ -3,7 +3,7 @@
 //! head tied to the token embedding.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::rngs::StdRng;
 use serde::Deserialize;
 
@@ -116,21 +116,17 @@ impl Gpt2 {
 impl Architecture for Gpt2 {
     fn forward(&self, ids: &[u32], mut rng: Option<&mut StdRng>) -> Result<Tensor> {
         let t = ids.len();
-        let dev: &Device = self.wte.device();
         let c = &self.cfg;
         let pos = self.wpe.narrow(0, 0, t)?;
         let mut x = layers::embed(&self.wte, ids)?.add(&pos)?;
         x = layers::maybe_dropout(&x, c.embd_pdrop, rng.as_deref_mut())?;
-        let mask = layers::causal_mask(t, None, dev)?;
         let d = c.n_embd;
         for b in &self.blocks {
             let h = b.ln_1.forward(&x)?;
             let qkv = b.c_attn.forward(&h)?;
-            let q = layers::split_heads(&qkv.narrow(1, 0, d)?, c.n_head)?;
-            let k = layers::split_heads(&qkv.narrow(1, d, d)?, c.n_head)?;
-            let v = layers::split_heads(&qkv.narrow(1, 2 * d, d)?, c.n_head)?;
+            let (q, k, v) = (qkv.narrow(1, 0, d)?, qkv.narrow(1, d, d)?, qkv.narrow(1, 2 * d, d)?);
             let attn_drop = rng.as_deref_mut().map(|r| (c.attn_pdrop, r));
-            let a = layers::attention(&q, &k, &v, &mask, b.attn_scale, attn_drop)?;
+            let a = layers::causal_attention(&q, &k, &v, c.n_head, c.n_head, b.attn_scale, None, attn_drop)?;
             let a = b.c_proj.forward(&a)?;
             x = x.add(&layers::maybe_dropout(&a, c.resid_pdrop, rng.as_deref_mut())?)?;
             let h = b.ln_2.forward(&x)?;

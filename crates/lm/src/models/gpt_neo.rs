@@ -125,20 +125,16 @@ impl Architecture for GptNeo {
     fn forward(&self, ids: &[u32], mut rng: Option<&mut StdRng>) -> Result<Tensor> {
         let t = ids.len();
         let c = &self.cfg;
-        let dev = self.wte.device();
         let mut x = layers::embed(&self.wte, ids)?.add(&self.wpe.narrow(0, 0, t)?)?;
         x = layers::maybe_dropout(&x, c.embed_dropout, rng.as_deref_mut())?;
-        let global_mask = layers::causal_mask(t, None, dev)?;
-        let local_mask = layers::causal_mask(t, Some(c.window_size), dev)?;
         for b in &self.blocks {
             let h = b.ln_1.forward(&x)?;
-            let q = layers::split_heads(&b.q.forward(&h)?, c.num_heads)?;
-            let k = layers::split_heads(&b.k.forward(&h)?, c.num_heads)?;
-            let v = layers::split_heads(&b.v.forward(&h)?, c.num_heads)?;
-            let mask = if b.local { &local_mask } else { &global_mask };
+            let (q, k, v) = (b.q.forward(&h)?, b.k.forward(&h)?, b.v.forward(&h)?);
+            let window = if b.local { Some(c.window_size) } else { None };
             let attn_drop = rng.as_deref_mut().map(|r| (c.attention_dropout, r));
             // GPT-Neo does not scale the attention scores.
-            let a = b.out.forward(&layers::attention(&q, &k, &v, mask, 1.0, attn_drop)?)?;
+            let a = layers::causal_attention(&q, &k, &v, c.num_heads, c.num_heads, 1.0, window, attn_drop)?;
+            let a = b.out.forward(&a)?;
             x = x.add(&layers::maybe_dropout(&a, c.resid_dropout, rng.as_deref_mut())?)?;
             let h = b.ln_2.forward(&x)?;
             let m = b.c_proj.forward(&layers::gelu_tanh(&b.c_fc.forward(&h)?)?)?;

@@ -203,30 +203,25 @@ impl Architecture for Decoder {
         let t = ids.len();
         let dev = self.embed.device();
         let mut x = layers::embed(&self.embed, ids)?;
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         let mut ropes: Vec<(f64, Rope)> = Vec::new();
         for l in &self.layers {
-            if !masks.iter().any(|(w, _)| *w == l.window) {
-                masks.push((l.window, layers::causal_mask(t, l.window, dev)?));
-            }
             if !ropes.iter().any(|(th, _)| *th == l.rope_theta) {
                 ropes.push((l.rope_theta, Rope::new(t, s.head_dim, l.rope_theta, dev)?));
             }
         }
         let scale = 1.0 / (s.head_dim as f64).sqrt();
         for l in &self.layers {
-            let mask = &masks.iter().find(|(w, _)| *w == l.window).unwrap().1;
             let rope = &ropes.iter().find(|(th, _)| *th == l.rope_theta).unwrap().1;
             let h = l.input_norm.forward(&x)?;
-            let q = rope.apply(&layers::split_heads(&l.q.forward(&h)?, s.heads)?)?;
-            let k = rope.apply(&layers::split_heads(&l.k.forward(&h)?, s.kv_heads)?)?;
-            let v = layers::split_heads(&l.v.forward(&h)?, s.kv_heads)?;
+            let q = rope.apply_thd(&l.q.forward(&h)?, s.heads)?;
+            let k = rope.apply_thd(&l.k.forward(&h)?, s.kv_heads)?;
+            let v = l.v.forward(&h)?;
             let drop = rng.as_deref_mut().filter(|_| s.attention_dropout > 0.0).map(|r| (s.attention_dropout, r));
-            let a = layers::attention(&q, &k, &v, mask, scale, drop)?;
+            let a = layers::causal_attention(&q, &k, &v, s.heads, s.kv_heads, scale, l.window, drop)?;
             x = x.add(&l.o.forward(&a)?)?;
             let h = l.post_norm.forward(&x)?;
-            let g = l.gate.forward(&h)?.silu()?;
-            x = x.add(&l.down.forward(&g.mul(&l.up.forward(&h)?)?)?)?;
+            let g = layers::swiglu(&l.gate.forward(&h)?, &l.up.forward(&h)?)?;
+            x = x.add(&l.down.forward(&g)?)?;
         }
         let x = self.norm.forward(&x)?;
         Ok(x.matmul(&self.lm_head.t()?)?)

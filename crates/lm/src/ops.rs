@@ -1,0 +1,842 @@
+//! Fused CPU kernels as candle custom ops, each with its backward pass: causal attention
+//! (no T×T tensor is kept: the backward recomputes the probabilities from the saved
+//! log-sum-exp), LayerNorm, RMSNorm, GELU (tanh), SwiGLU, rotary embedding and the
+//! cross-entropy over the vocabulary.
+//!
+//! The kernels take contiguous f32 or f64 CPU tensors (the callers in `layers.rs` make them
+//! contiguous and fall back to composed generic ops on other devices and dtypes). Backward
+//! passes return plain tensors: no second-order gradients.
+
+use std::ops::Deref;
+use std::sync::Mutex;
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
+    WithDType,
+};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// The element types the kernels take.
+pub trait Elem: WithDType + Float + Send + Sync + std::iter::Sum {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+#[inline(always)]
+fn c<T: Elem>(x: f64) -> T {
+    <T as num_traits::NumCast>::from(x).unwrap()
+}
+
+/// Whether the fused kernels apply to `t`.
+pub fn fusable(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+#[derive(Clone, Copy)]
+struct Ptr<T>(*mut T);
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+impl<T> Ptr<T> {
+    /// SAFETY: callers write disjoint ranges from different threads.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+fn cont<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("fused op: expected a contiguous tensor");
+    };
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+/// A contiguous CPU tensor's buffer, held for reading.
+struct View<'a> {
+    guard: Box<dyn Deref<Target = Storage> + 'a>,
+    start: usize,
+    end: usize,
+}
+
+impl View<'_> {
+    fn get<T: WithDType>(&self) -> Result<&[T]> {
+        match &**self.guard {
+            Storage::Cpu(s) => Ok(&s.as_slice::<T>()?[self.start..self.end]),
+            _ => bail!("fused op: expected a CPU tensor"),
+        }
+    }
+}
+
+fn view(t: &Tensor) -> Result<View<'_>> {
+    let (guard, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("fused op: expected a contiguous tensor");
+    };
+    Ok(View { guard: Box::new(guard), start, end })
+}
+
+fn out<T: Elem>(v: Vec<T>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(v, shape.clone(), &Device::Cpu)
+}
+
+fn scalar_f64(t: &Tensor) -> Result<f64> {
+    t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>().map(|v| v[0])
+}
+
+macro_rules! dispatch {
+    ($dt:expr, $f:ident :: <T> ( $($arg:expr),* )) => {
+        match $dt {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F64 => $f::<f64>($($arg),*),
+            dt => bail!("fused op: unsupported dtype {dt:?}"),
+        }
+    };
+}
+
+#[inline(always)]
+fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 16];
+    let whole = n / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        for j in 0..16 {
+            acc[j] = acc[j] + a[i + j] * b[i + j];
+        }
+    }
+    let mut s = T::zero();
+    for x in acc {
+        s = s + x;
+    }
+    for i in whole..n {
+        s = s + a[i] * b[i];
+    }
+    s
+}
+
+#[inline(always)]
+fn axpy<T: Elem>(y: &mut [T], a: T, x: &[T]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = *yi + a * *xi;
+    }
+}
+
+const ROWS: usize = 16;
+const ELEMS: usize = 1 << 14;
+
+// ---------------------------------------------------------------------------------------------
+// Causal attention
+
+/// Causal (optionally sliding-window) attention: q `[T, H, D]`, k and v `[T, Hkv, D]`
+/// (grouped-query: each key/value head serves H / Hkv query heads). Output `[T, H, D]`.
+pub struct Attention {
+    pub scale: f64,
+    pub window: Option<usize>,
+    /// Per (head, row) log-sum-exp of the scaled scores, saved by the forward for the backward.
+    lse: Mutex<Vec<f64>>,
+}
+
+impl Attention {
+    pub fn new(scale: f64, window: Option<usize>) -> Self {
+        Self { scale, window, lse: Mutex::new(Vec::new()) }
+    }
+
+    fn lo(&self, i: usize) -> usize {
+        match self.window {
+            Some(w) => (i + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+}
+
+/// Per key/value head: Kᵀ `[D, T]` and the rows of K and V `[T, D]`.
+fn kv_heads<T: Elem>(x: &[T], t: usize, hkv: usize, d: usize, transpose: bool) -> Vec<Vec<T>> {
+    (0..hkv)
+        .into_par_iter()
+        .map(|g| {
+            let mut m = vec![T::zero(); t * d];
+            for j in 0..t {
+                let row = &x[(j * hkv + g) * d..(j * hkv + g + 1) * d];
+                if transpose {
+                    for (dd, &v) in row.iter().enumerate() {
+                        m[dd * t + j] = v;
+                    }
+                } else {
+                    m[j * d..(j + 1) * d].copy_from_slice(row);
+                }
+            }
+            m
+        })
+        .collect()
+}
+
+impl Attention {
+    /// Scaled scores s[j - lo] = scale · q·k_j for j in lo..=i, from Kᵀ.
+    #[inline(always)]
+    fn scores<T: Elem>(&self, q: &[T], kt: &[T], t: usize, lo: usize, i: usize, s: &mut [T]) {
+        let s = &mut s[..i + 1 - lo];
+        s.iter_mut().for_each(|x| *x = T::zero());
+        let scale: T = c(self.scale);
+        for (dd, &qd) in q.iter().enumerate() {
+            axpy(s, qd * scale, &kt[dd * t + lo..dd * t + i + 1]);
+        }
+    }
+
+    fn fwd<T: Elem>(&self, q: &[T], k: &[T], v: &[T], dims: (usize, usize, usize, usize)) -> Result<Vec<T>> {
+        let (t, h, hkv, d) = dims;
+        let rep = h / hkv;
+        let kt = kv_heads(k, t, hkv, d, true);
+        let vr = kv_heads(v, t, hkv, d, false);
+        let mut o = vec![T::zero(); t * h * d];
+        let mut lse = vec![0f64; h * t];
+        let (op, lp) = (Ptr(o.as_mut_ptr()), Ptr(lse.as_mut_ptr()));
+        let blocks = t.div_ceil(ROWS);
+        (0..h * blocks).into_par_iter().for_each(|task| {
+            let (hh, b) = (task / blocks, task % blocks);
+            let g = hh / rep;
+            let mut s = vec![T::zero(); t];
+            for i in b * ROWS..((b + 1) * ROWS).min(t) {
+                let lo = self.lo(i);
+                let qi = &q[(i * h + hh) * d..(i * h + hh + 1) * d];
+                self.scores(qi, &kt[g], t, lo, i, &mut s);
+                let s = &mut s[..i + 1 - lo];
+                let m = s.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+                let mut l = T::zero();
+                for x in s.iter_mut() {
+                    *x = (*x - m).exp();
+                    l = l + *x;
+                }
+                // SAFETY: row i of head hh is written by this task only.
+                let oi = unsafe { op.slice((i * h + hh) * d, d) };
+                for (jj, &p) in s.iter().enumerate() {
+                    axpy(oi, p, &vr[g][(lo + jj) * d..(lo + jj + 1) * d]);
+                }
+                let inv = T::one() / l;
+                oi.iter_mut().for_each(|x| *x = *x * inv);
+                unsafe { lp.slice(hh * t + i, 1)[0] = WithDType::to_f64(m + l.ln()) };
+            }
+        });
+        *self.lse.lock().unwrap() = lse;
+        Ok(o)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_impl<T: Elem>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        o: &[T],
+        go: &[T],
+        lse: &[f64],
+        dims: (usize, usize, usize, usize),
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (t, h, hkv, d) = dims;
+        let rep = h / hkv;
+        let kt = kv_heads(k, t, hkv, d, true);
+        let kr = kv_heads(k, t, hkv, d, false);
+        let vt = kv_heads(v, t, hkv, d, true);
+        let scale: T = c(self.scale);
+        let mut dq = vec![T::zero(); t * h * d];
+        let dqp = Ptr(dq.as_mut_ptr());
+        // Per query head: dK and dV rows [T, D], summed over each group afterwards.
+        let per_head: Vec<(Vec<T>, Vec<T>)> = (0..h)
+            .into_par_iter()
+            .map(|hh| {
+                let g = hh / rep;
+                let mut dk = vec![T::zero(); t * d];
+                let mut dv = vec![T::zero(); t * d];
+                let mut s = vec![T::zero(); t];
+                let mut dp = vec![T::zero(); t];
+                for i in 0..t {
+                    let lo = self.lo(i);
+                    let n = i + 1 - lo;
+                    let row = (i * h + hh) * d;
+                    let (qi, goi, oi) = (&q[row..row + d], &go[row..row + d], &o[row..row + d]);
+                    self.scores(qi, &kt[g], t, lo, i, &mut s);
+                    let l: T = c(lse[hh * t + i]);
+                    let s = &mut s[..n];
+                    s.iter_mut().for_each(|x| *x = (*x - l).exp());
+                    // dp_j = dO_i · v_j
+                    let dp = &mut dp[..n];
+                    dp.iter_mut().for_each(|x| *x = T::zero());
+                    for (dd, &gd) in goi.iter().enumerate() {
+                        axpy(dp, gd, &vt[g][dd * t + lo..dd * t + i + 1]);
+                    }
+                    let di = dot(goi, oi);
+                    // SAFETY: row i of head hh belongs to this task.
+                    let dqi = unsafe { dqp.slice(row, d) };
+                    for jj in 0..n {
+                        let j = lo + jj;
+                        let p = s[jj];
+                        let ds = p * (dp[jj] - di) * scale;
+                        axpy(&mut dv[j * d..(j + 1) * d], p, goi);
+                        axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
+                        axpy(dqi, ds, &kr[g][j * d..(j + 1) * d]);
+                    }
+                }
+                (dk, dv)
+            })
+            .collect();
+        let mut dk = vec![T::zero(); t * hkv * d];
+        let mut dv = vec![T::zero(); t * hkv * d];
+        for (hh, (hk, hv)) in per_head.iter().enumerate() {
+            let g = hh / rep;
+            for j in 0..t {
+                let dst = (j * hkv + g) * d;
+                axpy(&mut dk[dst..dst + d], T::one(), &hk[j * d..(j + 1) * d]);
+                axpy(&mut dv[dst..dst + d], T::one(), &hv[j * d..(j + 1) * d]);
+            }
+        }
+        (dq, dk, dv)
+    }
+}
+
+fn attn_dims(lq: &Layout, lk: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let (t, h, d) = lq.shape().dims3()?;
+    let (tk, hkv, dk) = lk.shape().dims3()?;
+    if tk != t || dk != d || hkv == 0 || h % hkv != 0 {
+        bail!("attention: q {:?} and k {:?} do not fit", lq.shape(), lk.shape());
+    }
+    Ok((t, h, hkv, d))
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = attn_dims(l1, l2)?;
+        let st = match s1 {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.fwd::<f32>(cont(s1, l1)?, cont(s2, l2)?, cont(s3, l3)?, dims)?)
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.fwd::<f64>(cont(s1, l1)?, cont(s2, l2)?, cont(s3, l3)?, dims)?)
+            }
+            _ => bail!("attention: unsupported dtype"),
+        };
+        Ok((st, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = attn_dims(q.layout(), k.layout())?;
+        let lse = self.lse.lock().unwrap().clone();
+        let (q, k, v, res, grad) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, res.contiguous()?, grad.contiguous()?);
+        let (vq, vk, vv, vo, vg) = (view(&q)?, view(&k)?, view(&v)?, view(&res)?, view(&grad)?);
+        fn go<T: Elem>(
+            a: &Attention,
+            vs: [&View; 5],
+            lse: &[f64],
+            dims: (usize, usize, usize, usize),
+            shapes: (&Shape, &Shape),
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            let [q, k, v, o, g] = vs;
+            let (dq, dk, dv) = a.bwd_impl::<T>(q.get()?, k.get()?, v.get()?, o.get()?, g.get()?, lse, dims);
+            Ok((out(dq, shapes.0)?, out(dk, shapes.1)?, out(dv, shapes.1)?))
+        }
+        let (dq, dk, dv) =
+            dispatch!(q.dtype(), go::<T>(self, [&vq, &vk, &vv, &vo, &vg], &lse, dims, (q.shape(), k.shape())))?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm and RMSNorm
+
+/// LayerNorm over the last dimension: (x, weight, bias).
+pub struct LayerNormOp {
+    pub eps: f64,
+}
+
+fn ln_fwd<T: Elem>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(d * ROWS).zip(x.par_chunks(d * ROWS)).for_each(|(yc, xc)| {
+        for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+            let n: T = c(d as f64);
+            let mean = xr.iter().copied().sum::<T>() / n;
+            let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+            let rstd = T::one() / (var + c(eps)).sqrt();
+            for i in 0..d {
+                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+    });
+    y
+}
+
+fn ln_bwd<T: Elem>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let d = w.len();
+    let mut dx = vec![T::zero(); x.len()];
+    let zero = || (vec![T::zero(); d], vec![T::zero(); d]);
+    let (dw, db) = dx
+        .par_chunks_mut(d * ROWS)
+        .zip(x.par_chunks(d * ROWS).zip(g.par_chunks(d * ROWS)))
+        .fold(zero, |(mut dw, mut db), (dxc, (xc, gc))| {
+            let mut xhat = vec![T::zero(); d];
+            for ((dxr, xr), gr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                let n: T = c(d as f64);
+                let mean = xr.iter().copied().sum::<T>() / n;
+                let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+                let rstd = T::one() / (var + c(eps)).sqrt();
+                let (mut a, mut bsum) = (T::zero(), T::zero());
+                for i in 0..d {
+                    xhat[i] = (xr[i] - mean) * rstd;
+                    let gw = gr[i] * w[i];
+                    a = a + gw;
+                    bsum = bsum + gw * xhat[i];
+                    dw[i] = dw[i] + gr[i] * xhat[i];
+                    db[i] = db[i] + gr[i];
+                }
+                let (a, bsum) = (a / n, bsum / n);
+                for i in 0..d {
+                    dxr[i] = rstd * (gr[i] * w[i] - a - xhat[i] * bsum);
+                }
+            }
+            (dw, db)
+        })
+        .reduce(zero, |(mut a, mut b), (c2, d2)| {
+            axpy(&mut a, T::one(), &c2);
+            axpy(&mut b, T::one(), &d2);
+            (a, b)
+        });
+    (dx, dw, db)
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let st = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(ln_fwd(cont(s1, l1)?, cont(s2, l2)?, cont(s3, l3)?, self.eps)),
+            CpuStorage::F64(_) => CpuStorage::F64(ln_fwd(cont(s1, l1)?, cont(s2, l2)?, cont(s3, l3)?, self.eps)),
+            _ => bail!("layer norm: unsupported dtype"),
+        };
+        Ok((st, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        let (vx, vw, vg) = (view(&x)?, view(&w)?, view(&grad)?);
+        fn go<T: Elem>(vx: &View, vw: &View, vg: &View, eps: f64, xs: &Shape, ws: &Shape) -> Result<(Tensor, Tensor, Tensor)> {
+            let (dx, dw, db) = ln_bwd::<T>(vx.get()?, vw.get()?, vg.get()?, eps);
+            Ok((out(dx, xs)?, out(dw, ws)?, out(db, ws)?))
+        }
+        let (dx, dw, db) = dispatch!(x.dtype(), go::<T>(&vx, &vw, &vg, self.eps, x.shape(), b.shape()))?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// RMSNorm over the last dimension: (x, weight); the scale is `w` or `1 + w`.
+pub struct RmsNormOp {
+    pub eps: f64,
+    pub one_plus: bool,
+}
+
+impl RmsNormOp {
+    fn fwd<T: Elem>(&self, x: &[T], w: &[T]) -> Vec<T> {
+        let d = w.len();
+        let off: T = if self.one_plus { T::one() } else { T::zero() };
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(d * ROWS).zip(x.par_chunks(d * ROWS)).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                let ms = xr.iter().map(|&v| v * v).sum::<T>() / c(d as f64);
+                let r = T::one() / (ms + c(self.eps)).sqrt();
+                for i in 0..d {
+                    yr[i] = xr[i] * r * (w[i] + off);
+                }
+            }
+        });
+        y
+    }
+
+    fn bwd_impl<T: Elem>(&self, x: &[T], w: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
+        let d = w.len();
+        let off: T = if self.one_plus { T::one() } else { T::zero() };
+        let mut dx = vec![T::zero(); x.len()];
+        let dw = dx
+            .par_chunks_mut(d * ROWS)
+            .zip(x.par_chunks(d * ROWS).zip(g.par_chunks(d * ROWS)))
+            .fold(
+                || vec![T::zero(); d],
+                |mut dw, (dxc, (xc, gc))| {
+                    for ((dxr, xr), gr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                        let n: T = c(d as f64);
+                        let ms = xr.iter().map(|&v| v * v).sum::<T>() / n;
+                        let r = T::one() / (ms + c(self.eps)).sqrt();
+                        let mut a = T::zero();
+                        for i in 0..d {
+                            a = a + gr[i] * (w[i] + off) * xr[i];
+                            dw[i] = dw[i] + gr[i] * xr[i] * r;
+                        }
+                        let k = a / n * r * r * r;
+                        for i in 0..d {
+                            dxr[i] = r * gr[i] * (w[i] + off) - xr[i] * k;
+                        }
+                    }
+                    dw
+                },
+            )
+            .reduce(
+                || vec![T::zero(); d],
+                |mut a, b| {
+                    axpy(&mut a, T::one(), &b);
+                    a
+                },
+            );
+        (dx, dw)
+    }
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let st = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(self.fwd(cont(s1, l1)?, cont(s2, l2)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.fwd(cont(s1, l1)?, cont(s2, l2)?)),
+            _ => bail!("rms norm: unsupported dtype"),
+        };
+        Ok((st, l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        let (vx, vw, vg) = (view(&x)?, view(&w)?, view(&grad)?);
+        fn go<T: Elem>(op: &RmsNormOp, vx: &View, vw: &View, vg: &View, xs: &Shape, ws: &Shape) -> Result<(Tensor, Tensor)> {
+            let (dx, dw) = op.bwd_impl::<T>(vx.get()?, vw.get()?, vg.get()?);
+            Ok((out(dx, xs)?, out(dw, ws)?))
+        }
+        let (dx, dw) = dispatch!(x.dtype(), go::<T>(self, &vx, &vw, &vg, x.shape(), w.shape()))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise: GELU (tanh) and SwiGLU
+
+fn map1<T: Elem>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(ELEMS).zip(x.par_chunks(ELEMS)).for_each(|(yc, xc)| {
+        for (a, &b) in yc.iter_mut().zip(xc) {
+            *a = f(b);
+        }
+    });
+    y
+}
+
+fn map2<T: Elem>(x: &[T], z: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(ELEMS).zip(x.par_chunks(ELEMS).zip(z.par_chunks(ELEMS))).for_each(|(yc, (xc, zc))| {
+        for ((a, &b), &cc) in yc.iter_mut().zip(xc).zip(zc) {
+            *a = f(b, cc);
+        }
+    });
+    y
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+#[inline(always)]
+fn gelu<T: Elem>(x: T) -> T {
+    let half: T = c(0.5);
+    half * x * (T::one() + (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_C) * x * x * x)).tanh())
+}
+
+#[inline(always)]
+fn gelu_grad<T: Elem>(x: T) -> T {
+    let half: T = c(0.5);
+    let t = (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_C) * x * x * x)).tanh();
+    half * (T::one() + t)
+        + half * x * (T::one() - t * t) * c::<T>(SQRT_2_OVER_PI) * (T::one() + c::<T>(3.0 * GELU_C) * x * x)
+}
+
+#[inline(always)]
+fn sigmoid<T: Elem>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+/// GELU with the tanh approximation.
+pub struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "fused-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let st = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(map1(cont::<f32>(s, l)?, gelu)),
+            CpuStorage::F64(_) => CpuStorage::F64(map1(cont::<f64>(s, l)?, gelu)),
+            _ => bail!("gelu: unsupported dtype"),
+        };
+        Ok((st, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let (vx, vg) = (view(&x)?, view(&grad)?);
+        fn go<T: Elem>(vx: &View, vg: &View, s: &Shape) -> Result<Tensor> {
+            out(map2::<T>(vx.get()?, vg.get()?, |x, g| g * gelu_grad(x)), s)
+        }
+        Ok(Some(dispatch!(x.dtype(), go::<T>(&vx, &vg, x.shape()))?))
+    }
+}
+
+/// SwiGLU: silu(gate) * up.
+pub struct SwiGluOp;
+
+impl CustomOp2 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn f<T: Elem>(g: T, u: T) -> T {
+            g * sigmoid(g) * u
+        }
+        let st = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(map2(cont::<f32>(s1, l1)?, cont(s2, l2)?, f)),
+            CpuStorage::F64(_) => CpuStorage::F64(map2(cont::<f64>(s1, l1)?, cont(s2, l2)?, f)),
+            _ => bail!("swiglu: unsupported dtype"),
+        };
+        Ok((st, l1.shape().clone()))
+    }
+
+    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g, u, grad) = (g.contiguous()?, u.contiguous()?, grad.contiguous()?);
+        let (vg, vu, vd) = (view(&g)?, view(&u)?, view(&grad)?);
+        fn go<T: Elem>(vg: &View, vu: &View, vd: &View, s: &Shape) -> Result<(Tensor, Tensor)> {
+            let (g, u, d) = (vg.get::<T>()?, vu.get::<T>()?, vd.get::<T>()?);
+            let mut dg = vec![T::zero(); g.len()];
+            let mut du = vec![T::zero(); g.len()];
+            dg.par_chunks_mut(ELEMS).zip(du.par_chunks_mut(ELEMS)).enumerate().for_each(|(ci, (dgc, duc))| {
+                let o = ci * ELEMS;
+                for i in 0..dgc.len() {
+                    let (gi, ui, di) = (g[o + i], u[o + i], d[o + i]);
+                    let sg = sigmoid(gi);
+                    duc[i] = di * gi * sg;
+                    dgc[i] = di * ui * sg * (T::one() + gi * (T::one() - sg));
+                }
+            });
+            Ok((out(dg, s)?, out(du, s)?))
+        }
+        let (dg, du) = dispatch!(g.dtype(), go::<T>(&vg, &vu, &vd, g.shape()))?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding
+
+/// Rotary embedding (half-split layout) of x `[T, H, D]` with per-position tables `[T, D/2]`.
+pub struct RopeOp {
+    pub cos: Vec<f64>,
+    pub sin: Vec<f64>,
+}
+
+impl RopeOp {
+    fn apply<T: Elem>(&self, x: &[T], dims: (usize, usize, usize), inverse: bool) -> Vec<T> {
+        let (t, h, d) = dims;
+        let half = d / 2;
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(h * d).zip(x.par_chunks(h * d)).enumerate().for_each(|(p, (yp, xp))| {
+            let _ = t;
+            let cs: Vec<T> = self.cos[p * half..(p + 1) * half].iter().map(|&v| c(v)).collect();
+            let sn: Vec<T> = self.sin[p * half..(p + 1) * half]
+                .iter()
+                .map(|&v| if inverse { c(-v) } else { c(v) })
+                .collect();
+            for (yr, xr) in yp.chunks_mut(d).zip(xp.chunks(d)) {
+                for i in 0..half {
+                    let (a, b) = (xr[i], xr[i + half]);
+                    yr[i] = a * cs[i] - b * sn[i];
+                    yr[i + half] = b * cs[i] + a * sn[i];
+                }
+            }
+        });
+        y
+    }
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims3()?;
+        let st = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(self.apply(cont::<f32>(s, l)?, dims, false)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.apply(cont::<f64>(s, l)?, dims, false)),
+            _ => bail!("rope: unsupported dtype"),
+        };
+        Ok((st, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let vg = view(&grad)?;
+        let dims = x.dims3()?;
+        fn go<T: Elem>(op: &RopeOp, vg: &View, dims: (usize, usize, usize), s: &Shape) -> Result<Tensor> {
+            out(op.apply::<T>(vg.get()?, dims, true), s)
+        }
+        Ok(Some(dispatch!(x.dtype(), go::<T>(self, &vg, dims, x.shape()))?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy over the vocabulary
+
+/// Mean cross-entropy of logits `[N, V]` against `targets`; returns a scalar. The backward
+/// writes softmax − one-hot in one pass from the saved per-row log-sum-exp.
+pub struct CrossEntropyOp {
+    pub targets: Vec<u32>,
+    lse: Mutex<Vec<f64>>,
+}
+
+impl CrossEntropyOp {
+    pub fn new(targets: Vec<u32>) -> Self {
+        Self { targets, lse: Mutex::new(Vec::new()) }
+    }
+}
+
+/// log Σ exp over a row, accumulated in f64 per chunk of the row.
+#[inline]
+fn row_lse<T: Elem>(r: &[T]) -> f64 {
+    let m = r.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+    let mut acc = [T::zero(); 16];
+    let whole = r.len() / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        for j in 0..16 {
+            acc[j] = acc[j] + (r[i + j] - m).exp();
+        }
+    }
+    let mut s: f64 = acc.iter().map(|&v| WithDType::to_f64(v)).sum();
+    for &v in &r[whole..] {
+        s += WithDType::to_f64((v - m).exp());
+    }
+    WithDType::to_f64(m) + s.ln()
+}
+
+/// Per row: the log-probability of `targets[i]` under a softmax over the first `limit`
+/// entries of row `i` of `x` (`[N, V]` contiguous).
+pub fn target_logprobs_rows<T: Elem>(x: &[T], v: usize, limit: usize, targets: &[u32]) -> Vec<f32> {
+    targets
+        .par_iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let r = &x[i * v..i * v + limit];
+            (WithDType::to_f64(r[t as usize]) - row_lse(r)) as f32
+        })
+        .collect()
+}
+
+impl CrossEntropyOp {
+    fn fwd<T: Elem>(&self, x: &[T], v: usize) -> Result<T> {
+        let n = self.targets.len();
+        if x.len() != n * v {
+            bail!("cross-entropy: {} targets for logits of {} elements", n, x.len());
+        }
+        if let Some(bad) = self.targets.iter().find(|&&t| t as usize >= v) {
+            bail!("cross-entropy: target {bad} outside a vocabulary of {v}");
+        }
+        let lse: Vec<f64> = (0..n).into_par_iter().map(|i| row_lse(&x[i * v..(i + 1) * v])).collect();
+        let loss: f64 = (0..n).map(|i| lse[i] - WithDType::to_f64(x[i * v + self.targets[i] as usize])).sum::<f64>()
+            / n as f64;
+        *self.lse.lock().unwrap() = lse;
+        Ok(c(loss))
+    }
+
+    fn bwd_impl<T: Elem>(&self, x: &[T], v: usize, g: f64) -> Vec<T> {
+        let lse = self.lse.lock().unwrap();
+        let n = self.targets.len();
+        let k: T = c(g / n as f64);
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(v).enumerate().for_each(|(i, dr)| {
+            let l: T = c(lse[i]);
+            let xr = &x[i * v..(i + 1) * v];
+            for (d, &xv) in dr.iter_mut().zip(xr) {
+                *d = (xv - l).exp() * k;
+            }
+            let t = self.targets[i] as usize;
+            dr[t] = dr[t] - k;
+        });
+        dx
+    }
+}
+
+impl CustomOp1 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, v) = l.shape().dims2()?;
+        let st = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(vec![self.fwd(cont::<f32>(s, l)?, v)?]),
+            CpuStorage::F64(_) => CpuStorage::F64(vec![self.fwd(cont::<f64>(s, l)?, v)?]),
+            _ => bail!("cross-entropy: unsupported dtype"),
+        };
+        Ok((st, Shape::from(())))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = scalar_f64(grad)?;
+        let x = x.contiguous()?;
+        let vx = view(&x)?;
+        let (_, v) = x.dims2()?;
+        fn go<T: Elem>(op: &CrossEntropyOp, vx: &View, v: usize, g: f64, s: &Shape) -> Result<Tensor> {
+            out(op.bwd_impl::<T>(vx.get()?, v, g), s)
+        }
+        Ok(Some(dispatch!(x.dtype(), go::<T>(self, &vx, v, g, x.shape()))?))
+    }
+}
+
+/// Reads a contiguous CPU tensor's logits and computes per-row target log-probabilities.
+pub fn logprobs_cpu(logits: &Tensor, limit: usize, targets: &[u32]) -> Result<Vec<f32>> {
+    let logits = logits.contiguous()?;
+    let (_, v) = logits.dims2()?;
+    let vx = view(&logits)?;
+    fn go<T: Elem>(vx: &View, v: usize, limit: usize, targets: &[u32]) -> Result<Vec<f32>> {
+        Ok(target_logprobs_rows::<T>(vx.get()?, v, limit, targets))
+    }
+    dispatch!(logits.dtype(), go::<T>(&vx, v, limit, targets))
+}
