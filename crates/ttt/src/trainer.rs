@@ -33,6 +33,20 @@ pub struct TttConfig {
     pub max_chunks_per_neighbor: Option<usize>,
 }
 
+impl TttConfig {
+    /// Checks the settings against a model's context length.
+    pub fn check(&self, context_length: usize) -> Result<()> {
+        if self.max_length < 2 || self.max_length > context_length + 1 {
+            bail!(
+                "--max-length {} must be between 2 and the context length + 1 ({})",
+                self.max_length,
+                context_length + 1
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The training chunks of one neighbor: non-overlapping runs of `max_length` tokens; a
 /// final chunk of a single token predicts nothing and is dropped.
 pub fn chunks(tokens: &[u32], max_length: usize, max_chunks: Option<usize>) -> Vec<&[u32]> {
@@ -71,10 +85,7 @@ pub struct TestTimeTrainer<'m, M: LanguageModel> {
 
 impl<'m, M: LanguageModel> TestTimeTrainer<'m, M> {
     pub fn new(model: &'m mut M, config: TttConfig) -> Result<Self> {
-        let context = model.info().context_length;
-        if config.max_length < 2 || config.max_length > context + 1 {
-            bail!("--max-length {} must be between 2 and the context length + 1 ({})", config.max_length, context + 1);
-        }
+        config.check(model.info().context_length)?;
         let original = model.snapshot()?;
         let optimizer = AdamW::new(config.optimizer);
         Ok(Self { model, config, optimizer, original })

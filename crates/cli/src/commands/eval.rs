@@ -291,6 +291,15 @@ pub fn run(args: Args) -> Result<()> {
     let context = model.info().context_length;
     let max_length = args.max_length.unwrap_or(context);
     let docs = load_test_docs(&args)?;
+    let config = TttConfig {
+        k: args.k,
+        max_length,
+        optimizer: AdamWConfig { lr: args.lr, ..AdamWConfig::default() },
+        reset_optimizer: args.reset_optimizer,
+        dropout: args.dropout == OnOff::On,
+        max_chunks_per_neighbor: args.max_chunks_per_neighbor,
+    };
+    config.check(context)?;
 
     let retrieval = match (&args.neighbors, &args.index) {
         (Some(n), index) => Retrieval::Precomputed {
@@ -353,14 +362,6 @@ pub fn run(args: Args) -> Result<()> {
         args.dropout
     );
 
-    let config = TttConfig {
-        k: args.k,
-        max_length,
-        optimizer: AdamWConfig { lr: args.lr, ..AdamWConfig::default() },
-        reset_optimizer: args.reset_optimizer,
-        dropout: args.dropout == OnOff::On,
-        max_chunks_per_neighbor: args.max_chunks_per_neighbor,
-    };
     let mut trainer = TestTimeTrainer::new(&mut model, config)?;
     let mut out = OpenOptions::new().create(true).append(true).open(&docs_path)?;
     let bar = ProgressBar::new(todo.len() as u64).with_style(
