@@ -130,6 +130,7 @@ impl Encoder {
     /// Loads an encoder folder. Expands a leading `~/`.
     pub fn load(dir: &Path, opts: &EncoderOptions) -> Result<Self, EmbedError> {
         let dir = expand_home(dir);
+        let given_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let dir = std::fs::canonicalize(&dir).map_err(|e| EmbedError::Load { path: dir.clone(), message: e.to_string() })?;
         let load_err = |p: &Path, m: String| EmbedError::Load { path: p.to_path_buf(), message: m };
         let cfg_path = dir.join("config.json");
@@ -165,7 +166,7 @@ impl Encoder {
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| load_err(&tok_path, e.to_string()))?;
         let identity = EncoderIdentity {
-            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: given_name,
             path: dir.clone(),
             model_type: config.model_type.clone(),
             dim: config.hidden_size,
