@@ -125,7 +125,7 @@ impl FlatIndex {
             (Data::Owned(v), _) => &v[a * d..b * d],
             (Data::Mmap(_), Dtype::F32) => {
                 let bytes = &s.bytes()[a * d * 4..b * d * 4];
-                if (bytes.as_ptr() as usize) % 4 == 0 && cfg!(target_endian = "little") {
+                if (bytes.as_ptr() as usize).is_multiple_of(4) && cfg!(target_endian = "little") {
                     // SAFETY: aligned, in bounds, any bit pattern is a valid f32.
                     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, (b - a) * d) }
                 } else {
@@ -137,7 +137,7 @@ impl FlatIndex {
             (Data::Mmap(_), Dtype::F16) => {
                 let bytes = &s.bytes()[a * d * 2..b * d * 2];
                 out.resize((b - a) * d, 0.0);
-                if (bytes.as_ptr() as usize) % 2 == 0 && cfg!(target_endian = "little") {
+                if (bytes.as_ptr() as usize).is_multiple_of(2) && cfg!(target_endian = "little") {
                     use half::slice::HalfFloatSliceExt;
                     // SAFETY: aligned, in bounds, any bit pattern is a valid f16.
                     let h = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const half::f16, (b - a) * d) };
@@ -152,6 +152,7 @@ impl FlatIndex {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn search_block(&self, q: &[f32], qnorm: &[f32], k: usize, s: &Shard, a: usize, b: usize, st: &mut Scratch) {
         let d = self.spec.dim;
         let nq = qnorm.len();
@@ -215,7 +216,7 @@ impl VectorIndex for FlatIndex {
         if k == 0 {
             return Err(IndexError::BadK);
         }
-        if queries.len() % d != 0 || queries.is_empty() {
+        if !queries.len().is_multiple_of(d) || queries.is_empty() {
             return Err(IndexError::DimMismatch { what: format!("a query batch of {} values", queries.len()), got: queries.len(), expected: d });
         }
         let nq = queries.len() / d;

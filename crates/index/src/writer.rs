@@ -145,7 +145,7 @@ impl IndexWriter {
     /// Appends rows (`n * dim` values); writes a shard each time `shard_rows` are buffered.
     pub fn add(&mut self, rows: &[f32]) -> Result<(), IndexError> {
         let d = self.spec.dim;
-        if rows.len() % d != 0 {
+        if !rows.len().is_multiple_of(d) {
             return Err(IndexError::DimMismatch { what: format!("{} values added", rows.len()), got: rows.len() % d, expected: d });
         }
         self.buf.extend_from_slice(rows);
