@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     /// Vectors per shard file (the most work an interruption can lose).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 4096)]
     pub shard_size: usize,
     /// Documents per encoder forward pass.
     #[arg(long, default_value_t = 32)]
@@ -193,7 +193,7 @@ pub fn run(args: Args) -> Result<()> {
     let t_embed = Instant::now();
     let mut reader = store.reader();
     let mut next = start;
-    let chunk = (args.batch_size * 8).max(1) as u64;
+    let chunk = (args.batch_size * 4).max(1) as u64;
     let mut stopped = false;
     let mut last_log = Instant::now();
     while next < target {
