@@ -21,12 +21,29 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fusable(x) && self.weight.rank() == 2 && self.weight.dtype() == x.dtype() {
+            let x = x.contiguous()?;
+            return match &self.bias {
+                Some(b) => x.apply_op3(&self.weight, &b.contiguous()?, ops::LinearOp),
+                None => x.apply_op2(&self.weight, ops::LinearOp),
+            };
+        }
+        self.forward_composed(x)
+    }
+
+    /// The same from generic candle ops (any device).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.matmul(&self.weight.t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
+}
+
+/// `x @ wᵀ` for an output head `w` `[vocab, d]` (tied to the embedding or not).
+pub fn head(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Linear { weight: w.clone(), bias: None }.forward(x)
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch).

@@ -101,6 +101,9 @@ impl Model {
         tokenizer: Option<Tokenizer>,
         special: crate::tokenizer::SpecialTokens,
     ) -> Result<Self> {
+        if device.is_cpu() && std::env::var_os("TTTNN_NO_MALLOPT").is_none() {
+            crate::ops::keep_freed_memory();
+        }
         let mut trainable = Trainable::new(checkpoint, device.clone());
         let train_net = builder(&mut trainable)?;
         let params = trainable.params;
@@ -229,10 +232,23 @@ impl LanguageModel for Model {
         }
         self.check_ids(ids)?;
         let rng = if dropout { Some(&mut self.rng) } else { None };
+        let profile = std::env::var_os("TTTNN_LM_PROFILE").is_some();
+        let t0 = std::time::Instant::now();
         let logits = self.train_net.forward(&ids[..ids.len() - 1], rng)?;
         let loss = layers::cross_entropy(&logits, &ids[1..])?;
+        let t1 = std::time::Instant::now();
         let grads = loss.backward()?;
+        let t2 = std::time::Instant::now();
         let grad_norm = optimizer.step(&self.params.vars, &grads)?;
+        if profile {
+            let t3 = std::time::Instant::now();
+            eprintln!(
+                "train_step: forward {:.3}s backward {:.3}s optimizer {:.3}s",
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64()
+            );
+        }
         Ok(StepStats { loss: loss.to_scalar::<f32>()?, grad_norm })
     }
 

@@ -840,3 +840,254 @@ pub fn logprobs_cpu(logits: &Tensor, limit: usize, targets: &[u32]) -> Result<Ve
     }
     dispatch!(logits.dtype(), go::<T>(&vx, v, limit, targets))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Linear layer: y = x Wᵀ (+ b), W `[out, in]` (any 2-D strides, e.g. GPT-2's Conv1D weights
+// seen transposed). The backward writes dW straight in W's own memory order (no transposed
+// gradient views to copy or add later) and dx and db, each with one gemm or one pass.
+
+pub struct LinearOp;
+
+/// A tensor's buffer from its start offset, with its strides (any layout).
+struct Strided<'a> {
+    guard: Box<dyn Deref<Target = Storage> + 'a>,
+    start: usize,
+    stride: Vec<usize>,
+}
+
+impl Strided<'_> {
+    fn get<T: WithDType>(&self) -> Result<&[T]> {
+        match &**self.guard {
+            Storage::Cpu(s) => Ok(&s.as_slice::<T>()?[self.start..]),
+            _ => bail!("fused op: expected a CPU tensor"),
+        }
+    }
+}
+
+fn strided(t: &Tensor) -> Strided<'_> {
+    let (guard, layout) = t.storage_and_layout();
+    let (start, stride) = (layout.start_offset(), layout.stride().to_vec());
+    Strided { guard: Box::new(guard), start, stride }
+}
+
+/// dst (m×n, row stride `dst_rs`, column stride `dst_cs`) (+)= lhs (m×k) · rhs (k×n).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: Elem>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the extents implied by (m, n, k) and the strides lie inside the slices (checked
+    // by the callers' shapes).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { T::one() } else { T::zero() },
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+fn linear_dims(xs: &Shape, ws: &Shape) -> Result<(usize, usize, usize)> {
+    let (out, inp) = ws.dims2()?;
+    let dims = xs.dims();
+    if dims.last() != Some(&inp) {
+        bail!("linear: input {xs:?} does not fit weight {ws:?}");
+    }
+    Ok((xs.elem_count() / inp.max(1), inp, out))
+}
+
+fn linear_fwd<T: Elem>(x: &[T], w: &[T], w_stride: &[usize], b: Option<&[T]>, (m, inp, out): (usize, usize, usize)) -> Vec<T> {
+    let mut y = vec![T::zero(); m * out];
+    if let Some(b) = b {
+        y.par_chunks_mut(out * ROWS).for_each(|c| c.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
+    }
+    // rhs = Wᵀ: element (k, o) is w[o * w_rs + k * w_cs].
+    gemm_into((m, out, inp), &mut y, (out, 1), b.is_some(), x, (inp, 1), w, (w_stride[1], w_stride[0]));
+    y
+}
+
+fn linear_bwd<T: Elem>(
+    x: &[T],
+    w: &[T],
+    w_stride: &[usize],
+    dy: &[T],
+    with_bias: bool,
+    (m, inp, out): (usize, usize, usize),
+) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
+    let mut dx = vec![T::zero(); m * inp];
+    gemm_into((m, inp, out), &mut dx, (inp, 1), false, dy, (out, 1), w, (w_stride[0], w_stride[1]));
+    // dW in W's memory order: row-major [out, in] unless W is a transposed view.
+    let transposed = w_stride[1] != 1;
+    let mut dw = vec![T::zero(); out * inp];
+    let dst_strides = if transposed { (1, out) } else { (inp, 1) };
+    gemm_into((out, inp, m), &mut dw, dst_strides, false, dy, (1, out), x, (inp, 1));
+    let db = with_bias.then(|| {
+        dy.par_chunks(out * 64)
+            .fold(
+                || vec![T::zero(); out],
+                |mut acc, c| {
+                    c.chunks(out).for_each(|r| axpy(&mut acc, T::one(), r));
+                    acc
+                },
+            )
+            .reduce(
+                || vec![T::zero(); out],
+                |mut a, b| {
+                    axpy(&mut a, T::one(), &b);
+                    a
+                },
+            )
+    });
+    (dx, dw, db)
+}
+
+fn linear_backward(x: &Tensor, w: &Tensor, grad: &Tensor, with_bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let dims = linear_dims(x.shape(), w.shape())?;
+    let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+    let (vx, vg, sw) = (view(&x)?, view(&grad)?, strided(w));
+    fn go<T: Elem>(
+        vx: &View,
+        sw: &Strided,
+        vg: &View,
+        with_bias: bool,
+        dims: (usize, usize, usize),
+        xs: &Shape,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (dx, dw, db) = linear_bwd::<T>(vx.get()?, sw.get()?, &sw.stride, vg.get()?, with_bias, dims);
+        let (_, inp, out) = dims;
+        let dw = if sw.stride[1] != 1 {
+            Tensor::from_vec(dw, (inp, out), &Device::Cpu)?.t()?
+        } else {
+            Tensor::from_vec(dw, (out, inp), &Device::Cpu)?
+        };
+        let db = match db {
+            Some(db) => Some(Tensor::from_vec(db, out, &Device::Cpu)?),
+            None => None,
+        };
+        Ok((out_t(dx, xs)?, dw, db))
+    }
+    fn out_t<T: Elem>(v: Vec<T>, s: &Shape) -> Result<Tensor> {
+        out(v, s)
+    }
+    dispatch!(x.dtype(), go::<T>(&vx, &sw, &vg, with_bias, dims, x.shape()))
+}
+
+fn linear_shape(xs: &Shape, out: usize) -> Shape {
+    let mut d = xs.dims().to_vec();
+    *d.last_mut().unwrap() = out;
+    Shape::from(d)
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = linear_dims(l1.shape(), l2.shape())?;
+        let o = l2.start_offset();
+        let st = match s1 {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(linear_fwd(cont::<f32>(s1, l1)?, &s2.as_slice::<f32>()?[o..], l2.stride(), None, dims))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(linear_fwd(cont::<f64>(s1, l1)?, &s2.as_slice::<f64>()?[o..], l2.stride(), None, dims))
+            }
+            _ => bail!("linear: unsupported dtype"),
+        };
+        Ok((st, linear_shape(l1.shape(), dims.2)))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = linear_backward(x, w, grad, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = linear_dims(l1.shape(), l2.shape())?;
+        let o = l2.start_offset();
+        let st = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(linear_fwd(
+                cont::<f32>(s1, l1)?,
+                &s2.as_slice::<f32>()?[o..],
+                l2.stride(),
+                Some(cont(s3, l3)?),
+                dims,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(linear_fwd(
+                cont::<f64>(s1, l1)?,
+                &s2.as_slice::<f64>()?[o..],
+                l2.stride(),
+                Some(cont(s3, l3)?),
+                dims,
+            )),
+            _ => bail!("linear: unsupported dtype"),
+        };
+        Ok((st, linear_shape(l1.shape(), dims.2)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = linear_backward(x, w, grad, true)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+/// Keeps freed memory in the process (glibc: no mmap for large blocks, no trimming), so the
+/// hundreds of MB of activations and gradients that each training step allocates and frees
+/// are not returned to the kernel and zero-faulted back in on the next step (that cost ~15%
+/// of a GPT-2 step). Process-wide; applied once, on Linux/glibc only.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        });
+    }
+}

@@ -179,7 +179,7 @@ impl Architecture for Gemma3 {
             let m = l.down.forward(&layers::gelu_tanh(&l.gate.forward(&h)?)?.mul(&l.up.forward(&h)?)?)?;
             x = x.add(&l.post_ff_norm.forward(&m)?)?;
         }
-        let logits = self.norm.forward(&x)?.matmul(&self.embed.t()?)?;
+        let logits = layers::head(&self.norm.forward(&x)?, &self.embed)?;
         Ok(match c.final_logit_softcapping {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,

@@ -141,7 +141,7 @@ impl Architecture for GptNeo {
             x = x.add(&layers::maybe_dropout(&m, c.resid_dropout, rng.as_deref_mut())?)?;
         }
         let x = self.ln_f.forward(&x)?;
-        Ok(x.matmul(&self.wte.t()?)?)
+        Ok(layers::head(&x, &self.wte)?)
     }
 
     fn context_length(&self) -> usize {

@@ -224,7 +224,7 @@ impl Architecture for Decoder {
             x = x.add(&l.down.forward(&g)?)?;
         }
         let x = self.norm.forward(&x)?;
-        Ok(x.matmul(&self.lm_head.t()?)?)
+        Ok(layers::head(&x, &self.lm_head)?)
     }
 
     fn context_length(&self) -> usize {
