@@ -58,6 +58,8 @@ where
     chart
         .configure_mesh()
         .x_desc("neighbors (k)")
+        .x_labels(s.max_k.clamp(2, 10) + 1)
+        .x_label_formatter(&|x| format!("{}", x.round() as i64))
         .y_desc("bits per byte")
         .label_style(("sans-serif", 14))
         .draw()
