@@ -10,11 +10,26 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 
+use crate::layers::{LayerNorm, Linear};
+
 pub trait WeightSource {
     /// The tensor `name`, which must have `shape`.
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// Whether the checkpoint has `name` (for optional tensors: biases, untied heads).
     fn contains(&self, name: &str) -> bool;
+}
+
+/// `{prefix}.weight` `[n_out, n_in]` and, with `bias`, `{prefix}.bias` as a [`Linear`].
+pub(crate) fn linear(w: &mut dyn WeightSource, prefix: &str, n_in: usize, n_out: usize, bias: bool) -> Result<Linear> {
+    Ok(Linear {
+        weight: w.get(&format!("{prefix}.weight"), &[n_out, n_in])?,
+        bias: if bias { Some(w.get(&format!("{prefix}.bias"), &[n_out])?) } else { None },
+    })
+}
+
+/// `{prefix}.weight` and `{prefix}.bias` `[n]` as a [`LayerNorm`].
+pub(crate) fn layer_norm(w: &mut dyn WeightSource, prefix: &str, n: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm { weight: w.get(&format!("{prefix}.weight"), &[n])?, bias: w.get(&format!("{prefix}.bias"), &[n])?, eps })
 }
 
 /// Tensors as read from a checkpoint (already dequantized), with where they came from.

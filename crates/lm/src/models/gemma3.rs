@@ -10,10 +10,10 @@ use rand::rngs::StdRng;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::llama::{linear, rope_theta};
+use super::llama::rope_theta;
 use crate::layers::{self, Linear, RmsNorm, Rope};
 use crate::model::Architecture;
-use crate::weights::WeightSource;
+use crate::weights::{linear, WeightSource};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {

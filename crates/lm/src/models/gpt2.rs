@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::layers::{self, LayerNorm, Linear};
 use crate::model::Architecture;
-use crate::weights::WeightSource;
+use crate::weights::{layer_norm, WeightSource};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -71,14 +71,6 @@ fn conv1d(w: &mut dyn WeightSource, prefix: &str, n_in: usize, n_out: usize) -> 
     let weight = w.get(&format!("{prefix}.weight"), &[n_in, n_out])?.t()?;
     let bias = Some(w.get(&format!("{prefix}.bias"), &[n_out])?);
     Ok(Linear { weight, bias })
-}
-
-fn layer_norm(w: &mut dyn WeightSource, prefix: &str, n: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm {
-        weight: w.get(&format!("{prefix}.weight"), &[n])?,
-        bias: w.get(&format!("{prefix}.bias"), &[n])?,
-        eps,
-    })
 }
 
 impl Gpt2 {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::layers::{self, LayerNorm, Linear};
 use crate::model::Architecture;
-use crate::weights::WeightSource;
+use crate::weights::{layer_norm, linear, WeightSource};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -78,17 +78,6 @@ pub struct GptNeo {
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-}
-
-fn linear(w: &mut dyn WeightSource, p: &str, n_in: usize, n_out: usize, bias: bool) -> Result<Linear> {
-    Ok(Linear {
-        weight: w.get(&format!("{p}.weight"), &[n_out, n_in])?,
-        bias: if bias { Some(w.get(&format!("{p}.bias"), &[n_out])?) } else { None },
-    })
-}
-
-fn layer_norm(w: &mut dyn WeightSource, p: &str, n: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm { weight: w.get(&format!("{p}.weight"), &[n])?, bias: w.get(&format!("{p}.bias"), &[n])?, eps })
 }
 
 impl GptNeo {

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::layers::{self, Linear, RmsNorm, Rope};
 use crate::model::Architecture;
-use crate::weights::WeightSource;
+use crate::weights::{linear, WeightSource};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -148,13 +148,6 @@ pub struct Decoder {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Tensor,
-}
-
-pub(crate) fn linear(w: &mut dyn WeightSource, p: &str, n_in: usize, n_out: usize, bias: bool) -> Result<Linear> {
-    Ok(Linear {
-        weight: w.get(&format!("{p}.weight"), &[n_out, n_in])?,
-        bias: if bias { Some(w.get(&format!("{p}.bias"), &[n_out])?) } else { None },
-    })
 }
 
 /// The output head: the untied `lm_head.weight`, or the token embedding when tied.
