@@ -6,7 +6,7 @@
 # runs/demo. Every stage resumes where it stopped.
 #
 # Sized for a 2-core machine (under 30 minutes from a warm cache); override with env vars:
-#   DOCS_PER_TASK (3)  K (8)  MAX_LENGTH (256)  CONTEXT (1024)  MAX_CHUNKS (2)  TRAIN_DOCS (1000)
+#   DOCS_PER_TASK (3)  K (8)  MAX_LENGTH (256)  CONTEXT (1024)  MAX_CHUNKS (2)  TRAIN_DOCS (600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${TTTNN_CACHE:-$HOME/.cache/tttnn}"
@@ -15,7 +15,7 @@ K="${K:-8}"
 MAX_LENGTH="${MAX_LENGTH:-256}"
 CONTEXT="${CONTEXT:-1024}"
 MAX_CHUNKS="${MAX_CHUNKS:-2}"
-TRAIN_DOCS="${TRAIN_DOCS:-1000}"
+TRAIN_DOCS="${TRAIN_DOCS:-600}"
 OUT="${OUT:-runs/demo}"
 start=$(date +%s)
 
@@ -30,7 +30,8 @@ bash scripts/build_demo_corpus.sh "$corpus" --test "$DOCS_PER_TASK" \
 
 # Keyed by the corpus build's fingerprint: a rebuilt corpus gets a fresh index.
 index="$CACHE/demo-index-$(sha256sum "$corpus/.done" | cut -c1-16)"
-"$TTTNN" index --corpus "$corpus/train.jsonl.zst" --encoder "$CACHE/all-minilm-l6-v2" --out "$index"
+# all-MiniLM-L6-v2 was trained on 256-token inputs (its sentence_bert_config.json).
+"$TTTNN" index --corpus "$corpus/train.jsonl.zst" --encoder "$CACHE/all-minilm-l6-v2" --max-tokens 256 --out "$index"
 
 echo "TTT-NN: SmolLM2-135M, $DOCS_PER_TASK test documents per task, k = $K, max length $MAX_LENGTH," \
      "at most $MAX_CHUNKS chunks per neighbor, scoring context $CONTEXT, lr 2e-5" >&2
