@@ -64,10 +64,14 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     let docs = corpus::read_pile(&args.data)?;
-    let bar = ProgressBar::new(args.max_docs.map(|n| n as u64).unwrap_or(0)).with_style(
-        ProgressStyle::with_template("{spinner} {pos}{len} docs [{elapsed_precise}] {per_sec} {msg}")
-            .unwrap(),
-    );
+    let bar = match args.max_docs {
+        Some(n) => ProgressBar::new(n as u64).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} docs [{elapsed_precise}, ETA {eta}] {msg}").unwrap(),
+        ),
+        None => ProgressBar::no_length().with_style(
+            ProgressStyle::with_template("{spinner} {pos} docs [{elapsed_precise}] {per_sec} {msg}").unwrap(),
+        ),
+    };
     let mut out = AtomicFile::create(&args.output)?;
     let mut per_task: BTreeMap<String, Totals> = BTreeMap::new();
     let (mut skipped, mut scored, mut tokens_total) = (0usize, 0usize, 0usize);
