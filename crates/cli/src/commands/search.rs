@@ -99,11 +99,12 @@ pub fn run(args: Args) -> Result<()> {
             queries.push((doc, id));
         }
     }
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
+    // A file appears only when complete (temp file, then rename).
+    let mut file = args.output.as_deref().map(crate::output::AtomicFile::create).transpose()?;
+    let mut stdout = std::io::stdout().lock();
+    let out: &mut dyn Write = match file.as_mut() {
+        Some(f) => f,
+        None => &mut stdout,
     };
     let t0 = std::time::Instant::now();
     let mut reader = r.store.reader();
@@ -125,11 +126,14 @@ pub fn run(args: Args) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let q = QueryOut { line: doc.line, id: id.as_ref(), task: doc.task.as_deref() };
-            serde_json::to_writer(&mut out, &serde_json::json!({"query": q, "neighbors": neighbors}))?;
+            serde_json::to_writer(&mut *out, &serde_json::json!({"query": q, "neighbors": neighbors}))?;
             out.write_all(b"\n")?;
         }
     }
     out.flush()?;
+    if let Some(f) = file {
+        f.commit()?;
+    }
     eprintln!(
         "searched {} queries over {} vectors (k = {}) in {:.2}s",
         queries.len(),
