@@ -87,9 +87,8 @@ impl AdamW {
     }
 
     /// Applies one update to `vars` from `grads`; returns the global gradient norm before
-    /// clipping. Parameters without a gradient get zero gradient, as in PyTorch when
-    /// `grad` is None they would be skipped: here every parameter takes part in every
-    /// forward, so a missing gradient is an error.
+    /// clipping. Every parameter takes part in every forward pass, so a parameter without a
+    /// gradient means the graph was cut somewhere: that is an error, not a skipped update.
     pub fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<f32> {
         if self.m.is_empty() {
             self.m = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
