@@ -5,10 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn smollm2() -> Option<PathBuf> {
-    let cache = std::env::var_os("TTTNN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tttnn"));
-    let p = cache.join("smollm2-135m.gguf");
+    let p = embed::cache_dir().join("smollm2-135m.gguf");
     if p.exists() {
         Some(p)
     } else {

@@ -29,11 +29,9 @@ fn block_loss(x: &Tensor, ln_w: &Tensor, rms_w: &Tensor, wq: &Tensor, wkv: &Tens
     layers::cross_entropy(&logits, &[1, 0, 2, 1, 3]).unwrap()
 }
 
-#[test]
-fn gradients_match_finite_differences() {
-    let dev = Device::Cpu;
-    let mut seed = 1u64;
-    let mut rand = |shape: &[usize]| {
+/// f64 variables of a given shape, uniform in [-0.5, 0.5), from a seeded LCG.
+fn seeded_vars(mut seed: u64) -> impl FnMut(&[usize]) -> Var {
+    move |shape: &[usize]| {
         let n: usize = shape.iter().product();
         let v: Vec<f64> = (0..n)
             .map(|_| {
@@ -41,8 +39,14 @@ fn gradients_match_finite_differences() {
                 ((seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5
             })
             .collect();
-        Var::from_vec(v, shape, &dev).unwrap()
-    };
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let dev = Device::Cpu;
+    let mut rand = seeded_vars(1);
     let vars = [rand(&[5, 8]), rand(&[8]), rand(&[8]), rand(&[8, 8]), rand(&[4, 8]), rand(&[6, 8])];
     let loss = |v: &[Var]| {
         block_loss(v[0].as_tensor(), v[1].as_tensor(), v[2].as_tensor(), v[3].as_tensor(), v[4].as_tensor(), v[5].as_tensor())
@@ -136,17 +140,7 @@ fn fused_block_loss(v: &[Var], fused: bool) -> Tensor {
 #[test]
 fn fused_ops_match_composed_ops_and_finite_differences() {
     let dev = Device::Cpu;
-    let mut seed = 7u64;
-    let mut rand = |shape: &[usize]| {
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-            })
-            .collect();
-        Var::from_vec(v, shape, &dev).unwrap()
-    };
+    let mut rand = seeded_vars(7);
     // x [T=6, 16], q 4 heads × 4, k/v 2 heads × 4 (stored [in, out] = [16, 16]).
     let vars = [rand(&[6, 16]), rand(&[16]), rand(&[16]), rand(&[16, 16]), rand(&[16, 16]), rand(&[7, 16]), rand(&[16, 16])];
     let fused: f64 = fused_block_loss(&vars, true).to_scalar().unwrap();
