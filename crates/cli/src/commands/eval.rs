@@ -348,8 +348,9 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let docs_path = args.output.join("documents.jsonl");
-    let finished = read_finished(&docs_path)?;
-    let done: HashSet<String> = finished.iter().map(|r| r.key.clone()).collect();
+    // Finished documents, then each new one as it is written: the summary's input.
+    let mut records = read_finished(&docs_path)?;
+    let done: HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
     let todo: Vec<&TestDoc> = docs.iter().filter(|d| !done.contains(&d.key)).collect();
     eprintln!(
         "{} test documents ({} finished before), k = {}, lr {}, max length {max_length}, context {context}, \
@@ -418,6 +419,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         writeln!(out, "{}", serde_json::to_string(&record)?)?;
         out.flush()?;
+        records.push(record);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -425,7 +427,6 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("{no_neighbors} documents got no neighbors from retrieval (scored at k = 0 only)");
     }
 
-    let records = read_finished(&docs_path)?;
     let summary = crate::report::Summary::from_records(&records, args.k);
     let md = summary.markdown(&settings_line(&args, max_length, context));
     let mut f = AtomicFile::create(&args.output.join("summary.md"))?;
