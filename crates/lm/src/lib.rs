@@ -14,6 +14,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod alloc;
 mod gguf;
 pub mod layers;
 pub mod loader;

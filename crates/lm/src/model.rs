@@ -233,21 +233,20 @@ impl LanguageModel for Model {
         self.check_ids(ids)?;
         let rng = if dropout { Some(&mut self.rng) } else { None };
         let profile = std::env::var_os("TTTNN_LM_PROFILE").is_some();
-        let t0 = std::time::Instant::now();
+        let mut marks = vec![Mark::now()];
         let logits = self.train_net.forward(&ids[..ids.len() - 1], rng)?;
         let loss = layers::cross_entropy(&logits, &ids[1..])?;
-        let t1 = std::time::Instant::now();
+        marks.push(Mark::now());
         let grads = loss.backward()?;
-        let t2 = std::time::Instant::now();
+        marks.push(Mark::now());
         let grad_norm = optimizer.step(&self.params.vars, &grads)?;
         if profile {
-            let t3 = std::time::Instant::now();
-            eprintln!(
-                "train_step: forward {:.3}s backward {:.3}s optimizer {:.3}s",
-                (t1 - t0).as_secs_f64(),
-                (t2 - t1).as_secs_f64(),
-                (t3 - t2).as_secs_f64()
-            );
+            marks.push(Mark::now());
+            let phase = |i: usize, name: &str| {
+                let (a, b) = (&marks[i], &marks[i + 1]);
+                format!("{name} {:.3}s ({} page faults)", (b.time - a.time).as_secs_f64(), b.faults - a.faults)
+            };
+            eprintln!("train_step: {}, {}, {}", phase(0, "forward"), phase(1, "backward"), phase(2, "optimizer"));
         }
         Ok(StepStats { loss: loss.to_scalar::<f32>()?, grad_norm })
     }
@@ -274,5 +273,26 @@ impl LanguageModel for Model {
                 .context("restoring weights")?;
         }
         Ok(())
+    }
+}
+
+/// A point in time and the process's minor page-fault count there (`TTTNN_LM_PROFILE`).
+struct Mark {
+    time: std::time::Instant,
+    faults: i64,
+}
+
+impl Mark {
+    fn now() -> Self {
+        #[cfg(target_os = "linux")]
+        let faults = {
+            // SAFETY: getrusage fills the zeroed struct it is given.
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+            u.ru_minflt
+        };
+        #[cfg(not(target_os = "linux"))]
+        let faults = 0;
+        Self { time: std::time::Instant::now(), faults }
     }
 }

@@ -18,9 +18,49 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 /// The element types the kernels take.
-pub trait Elem: WithDType + Float + Send + Sync + std::iter::Sum {}
-impl Elem for f32 {}
-impl Elem for f64 {}
+pub trait Elem: WithDType + Float + Send + Sync + std::iter::Sum {
+    /// eˣ; for f32 a polynomial the compiler vectorises (libm's `expf` is a scalar call).
+    fn fast_exp(self) -> Self;
+    /// tanh; for f32 from `fast_exp`.
+    fn fast_tanh(self) -> Self;
+}
+
+impl Elem for f32 {
+    /// eˣ = 2ⁿ·eʳ with n = round(x / ln 2) and |r| ≤ ln 2 / 2 (Cody–Waite split of ln 2),
+    /// eʳ by its degree-7 Taylor polynomial (truncation error < 1e-8 relative): within 2 ulp
+    /// of `f32::exp` on [-87, 88]; 0 below, finite above (callers take x ≤ 0 or tanh's 2y).
+    #[inline(always)]
+    fn fast_exp(self) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+        let x = self.clamp(-88.0, 88.0);
+        let n = (x * LOG2E + ROUND) - ROUND;
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let p = 1.0
+            + r * (1.0
+                + r * (1.0 / 2.0
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+        // n ∈ [-127, 127]: the biased exponent n + 127 is 0 (giving 0.0) to 254.
+        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    #[inline(always)]
+    fn fast_tanh(self) -> f32 {
+        1.0 - 2.0 / ((self + self).fast_exp() + 1.0)
+    }
+}
+
+impl Elem for f64 {
+    fn fast_exp(self) -> f64 {
+        self.exp()
+    }
+
+    fn fast_tanh(self) -> f64 {
+        self.tanh()
+    }
+}
 
 #[inline(always)]
 fn c<T: Elem>(x: f64) -> T {
@@ -37,6 +77,11 @@ struct Ptr<T>(*mut T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 impl<T> Ptr<T> {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut T {
+        self.0
+    }
+
     /// SAFETY: callers write disjoint ranges from different threads.
     #[allow(clippy::mut_from_ref)]
     unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
@@ -149,71 +194,49 @@ impl Attention {
     }
 }
 
-/// Per key/value head: Kᵀ `[D, T]` and the rows of K and V `[T, D]`.
-fn kv_heads<T: Elem>(x: &[T], t: usize, hkv: usize, d: usize, transpose: bool) -> Vec<Vec<T>> {
-    (0..hkv)
-        .into_par_iter()
-        .map(|g| {
-            let mut m = vec![T::zero(); t * d];
-            for j in 0..t {
-                let row = &x[(j * hkv + g) * d..(j * hkv + g + 1) * d];
-                if transpose {
-                    for (dd, &v) in row.iter().enumerate() {
-                        m[dd * t + j] = v;
-                    }
-                } else {
-                    m[j * d..(j + 1) * d].copy_from_slice(row);
-                }
-            }
-            m
-        })
-        .collect()
-}
+/// Query rows per block in the attention kernels: each block's scores `[rows, keys]` are
+/// one matrix product, so the work runs in gemm's kernels instead of row-by-row dot products.
+const QBLOCK: usize = 64;
 
 impl Attention {
-    /// Scaled scores s[j - lo] = scale · q·k_j for j in lo..=i, from Kᵀ.
-    #[inline(always)]
-    fn scores<T: Elem>(&self, q: &[T], kt: &[T], t: usize, lo: usize, i: usize, s: &mut [T]) {
-        let s = &mut s[..i + 1 - lo];
-        s.iter_mut().for_each(|x| *x = T::zero());
-        let scale: T = c(self.scale);
-        for (dd, &qd) in q.iter().enumerate() {
-            axpy(s, qd * scale, &kt[dd * t + lo..dd * t + i + 1]);
-        }
+    /// For a block of query rows `r0..r1`: the first key any row sees and the number of keys.
+    fn key_span(&self, r0: usize, r1: usize) -> (usize, usize) {
+        let c0 = self.lo(r0);
+        (c0, r1 - c0)
     }
 
     fn fwd<T: Elem>(&self, q: &[T], k: &[T], v: &[T], dims: (usize, usize, usize, usize)) -> Result<Vec<T>> {
         let (t, h, hkv, d) = dims;
-        let rep = h / hkv;
-        let kt = kv_heads(k, t, hkv, d, true);
-        let vr = kv_heads(v, t, hkv, d, false);
+        let (rep, qs, ks) = (h / hkv, h * d, hkv * d);
+        let scale: T = c(self.scale);
         let mut o = vec![T::zero(); t * h * d];
         let mut lse = vec![0f64; h * t];
         let (op, lp) = (Ptr(o.as_mut_ptr()), Ptr(lse.as_mut_ptr()));
-        let blocks = t.div_ceil(ROWS);
+        let blocks = t.div_ceil(QBLOCK);
         (0..h * blocks).into_par_iter().for_each(|task| {
             let (hh, b) = (task / blocks, task % blocks);
             let g = hh / rep;
-            let mut s = vec![T::zero(); t];
-            for i in b * ROWS..((b + 1) * ROWS).min(t) {
-                let lo = self.lo(i);
-                let qi = &q[(i * h + hh) * d..(i * h + hh + 1) * d];
-                self.scores(qi, &kt[g], t, lo, i, &mut s);
-                let s = &mut s[..i + 1 - lo];
-                let m = s.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
-                let mut l = T::zero();
-                for x in s.iter_mut() {
-                    *x = (*x - m).exp();
-                    l = l + *x;
+            let (r0, r1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(t));
+            let ((c0, n), rows) = (self.key_span(r0, r1), r1 - r0);
+            let mut s = vec![T::zero(); rows * n];
+            // SAFETY: the operands lie inside q, k, v (rows < t, columns < d), and rows r0..r1
+            // of head hh in o and lse are written by this task only.
+            unsafe {
+                let (qb, kb, vb) = (q.as_ptr().add(r0 * qs + hh * d), k.as_ptr().add(c0 * ks + g * d), v.as_ptr().add(c0 * ks + g * d));
+                // S = scale · Q Kᵀ
+                gemm_raw((rows, n, d), s.as_mut_ptr(), (n, 1), false, qb, (qs, 1), kb, (1, ks), scale, false);
+                for (r, srow) in s.chunks_mut(n).enumerate() {
+                    let i = r0 + r;
+                    let (a, e) = (self.lo(i) - c0, i + 1 - c0);
+                    let m = srow[a..e].iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+                    let l = exp_shifted(&mut srow[a..e], m);
+                    let inv = T::one() / l;
+                    srow[a..e].iter_mut().for_each(|x| *x = *x * inv);
+                    zero_outside(srow, a, e);
+                    lp.slice(hh * t + i, 1)[0] = WithDType::to_f64(m + l.ln());
                 }
-                // SAFETY: row i of head hh is written by this task only.
-                let oi = unsafe { op.slice((i * h + hh) * d, d) };
-                for (jj, &p) in s.iter().enumerate() {
-                    axpy(oi, p, &vr[g][(lo + jj) * d..(lo + jj + 1) * d]);
-                }
-                let inv = T::one() / l;
-                oi.iter_mut().for_each(|x| *x = *x * inv);
-                unsafe { lp.slice(hh * t + i, 1)[0] = WithDType::to_f64(m + l.ln()) };
+                // O = P V
+                gemm_raw((rows, d, n), op.get().add(r0 * qs + hh * d), (qs, 1), false, s.as_ptr(), (n, 1), vb, (ks, 1), T::one(), false);
             }
         });
         *self.lse.lock().unwrap() = lse;
@@ -232,13 +255,11 @@ impl Attention {
         dims: (usize, usize, usize, usize),
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (t, h, hkv, d) = dims;
-        let rep = h / hkv;
-        let kt = kv_heads(k, t, hkv, d, true);
-        let kr = kv_heads(k, t, hkv, d, false);
-        let vt = kv_heads(v, t, hkv, d, true);
+        let (rep, qs, ks) = (h / hkv, h * d, hkv * d);
         let scale: T = c(self.scale);
         let mut dq = vec![T::zero(); t * h * d];
         let dqp = Ptr(dq.as_mut_ptr());
+        let blocks = t.div_ceil(QBLOCK);
         // Per query head: dK and dV rows [T, D], summed over each group afterwards.
         let per_head: Vec<(Vec<T>, Vec<T>)> = (0..h)
             .into_par_iter()
@@ -246,33 +267,38 @@ impl Attention {
                 let g = hh / rep;
                 let mut dk = vec![T::zero(); t * d];
                 let mut dv = vec![T::zero(); t * d];
-                let mut s = vec![T::zero(); t];
-                let mut dp = vec![T::zero(); t];
-                for i in 0..t {
-                    let lo = self.lo(i);
-                    let n = i + 1 - lo;
-                    let row = (i * h + hh) * d;
-                    let (qi, goi, oi) = (&q[row..row + d], &go[row..row + d], &o[row..row + d]);
-                    self.scores(qi, &kt[g], t, lo, i, &mut s);
-                    let l: T = c(lse[hh * t + i]);
-                    let s = &mut s[..n];
-                    s.iter_mut().for_each(|x| *x = (*x - l).exp());
-                    // dp_j = dO_i · v_j
-                    let dp = &mut dp[..n];
-                    dp.iter_mut().for_each(|x| *x = T::zero());
-                    for (dd, &gd) in goi.iter().enumerate() {
-                        axpy(dp, gd, &vt[g][dd * t + lo..dd * t + i + 1]);
-                    }
-                    let di = dot(goi, oi);
-                    // SAFETY: row i of head hh belongs to this task.
-                    let dqi = unsafe { dqp.slice(row, d) };
-                    for jj in 0..n {
-                        let j = lo + jj;
-                        let p = s[jj];
-                        let ds = p * (dp[jj] - di) * scale;
-                        axpy(&mut dv[j * d..(j + 1) * d], p, goi);
-                        axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
-                        axpy(dqi, ds, &kr[g][j * d..(j + 1) * d]);
+                let mut p = vec![T::zero(); QBLOCK * t];
+                let mut ds = vec![T::zero(); QBLOCK * t];
+                for b in 0..blocks {
+                    let (r0, r1) = (b * QBLOCK, ((b + 1) * QBLOCK).min(t));
+                    let ((c0, n), rows) = (self.key_span(r0, r1), r1 - r0);
+                    let (p, ds) = (&mut p[..rows * n], &mut ds[..rows * n]);
+                    // SAFETY: the operands lie inside their buffers (rows < t, columns < d);
+                    // rows r0..r1 of head hh in dq belong to this task.
+                    unsafe {
+                        let (qb, gb) = (q.as_ptr().add(r0 * qs + hh * d), go.as_ptr().add(r0 * qs + hh * d));
+                        let (kb, vb) = (k.as_ptr().add(c0 * ks + g * d), v.as_ptr().add(c0 * ks + g * d));
+                        // P from the recomputed scores and the saved log-sum-exp; dP = dO Vᵀ.
+                        gemm_raw((rows, n, d), p.as_mut_ptr(), (n, 1), false, qb, (qs, 1), kb, (1, ks), scale, false);
+                        gemm_raw((rows, n, d), ds.as_mut_ptr(), (n, 1), false, gb, (qs, 1), vb, (1, ks), T::one(), false);
+                        for (r, (prow, dsrow)) in p.chunks_mut(n).zip(ds.chunks_mut(n)).enumerate() {
+                            let i = r0 + r;
+                            let (a, e) = (self.lo(i) - c0, i + 1 - c0);
+                            let row = i * qs + hh * d;
+                            let di = dot(&go[row..row + d], &o[row..row + d]);
+                            let l: T = c(lse[hh * t + i]);
+                            exp_shifted(&mut prow[a..e], l);
+                            // dS = P ∘ (dP − D_i) · scale
+                            for (x, &pj) in dsrow[a..e].iter_mut().zip(&prow[a..e]) {
+                                *x = pj * (*x - di) * scale;
+                            }
+                            zero_outside(prow, a, e);
+                            zero_outside(dsrow, a, e);
+                        }
+                        // dQ = dS K; dK += dSᵀ Q; dV += Pᵀ dO.
+                        gemm_raw((rows, d, n), dqp.get().add(r0 * qs + hh * d), (qs, 1), false, ds.as_ptr(), (n, 1), kb, (ks, 1), T::one(), false);
+                        gemm_raw((n, d, rows), dk.as_mut_ptr().add(c0 * d), (d, 1), true, ds.as_ptr(), (1, n), qb, (qs, 1), T::one(), false);
+                        gemm_raw((n, d, rows), dv.as_mut_ptr().add(c0 * d), (d, 1), true, p.as_ptr(), (1, n), gb, (qs, 1), T::one(), false);
                     }
                 }
                 (dk, dv)
@@ -290,6 +316,24 @@ impl Attention {
         }
         (dq, dk, dv)
     }
+}
+
+/// Zeroes a score row outside the keys `a..e` that its query sees (causal mask, window).
+fn zero_outside<T: Elem>(row: &mut [T], a: usize, e: usize) {
+    let (head, rest) = row.split_at_mut(a);
+    head.fill(T::zero());
+    rest[e - a..].fill(T::zero());
+}
+
+/// x ← exp(x − shift) over `xs`; returns the sum.
+#[inline(always)]
+fn exp_shifted<T: Elem>(xs: &mut [T], shift: T) -> T {
+    let mut l = T::zero();
+    for x in xs.iter_mut() {
+        *x = (*x - shift).fast_exp();
+        l = l + *x;
+    }
+    l
 }
 
 fn attn_dims(lq: &Layout, lk: &Layout) -> Result<(usize, usize, usize, usize)> {
@@ -577,20 +621,20 @@ const GELU_C: f64 = 0.044_715;
 #[inline(always)]
 fn gelu<T: Elem>(x: T) -> T {
     let half: T = c(0.5);
-    half * x * (T::one() + (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_C) * x * x * x)).tanh())
+    half * x * (T::one() + (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_C) * x * x * x)).fast_tanh())
 }
 
 #[inline(always)]
 fn gelu_grad<T: Elem>(x: T) -> T {
     let half: T = c(0.5);
-    let t = (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_C) * x * x * x)).tanh();
+    let t = (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_C) * x * x * x)).fast_tanh();
     half * (T::one() + t)
         + half * x * (T::one() - t * t) * c::<T>(SQRT_2_OVER_PI) * (T::one() + c::<T>(3.0 * GELU_C) * x * x)
 }
 
 #[inline(always)]
 fn sigmoid<T: Elem>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+    T::one() / (T::one() + (-x).fast_exp())
 }
 
 /// GELU with the tanh approximation.
@@ -746,12 +790,12 @@ fn row_lse<T: Elem>(r: &[T]) -> f64 {
     let whole = r.len() / 16 * 16;
     for i in (0..whole).step_by(16) {
         for j in 0..16 {
-            acc[j] = acc[j] + (r[i + j] - m).exp();
+            acc[j] = acc[j] + (r[i + j] - m).fast_exp();
         }
     }
     let mut s: f64 = acc.iter().map(|&v| WithDType::to_f64(v)).sum();
     for &v in &r[whole..] {
-        s += WithDType::to_f64((v - m).exp());
+        s += WithDType::to_f64((v - m).fast_exp());
     }
     WithDType::to_f64(m) + s.ln()
 }
@@ -794,7 +838,7 @@ impl CrossEntropyOp {
             let l: T = c(lse[i]);
             let xr = &x[i * v..(i + 1) * v];
             for (d, &xv) in dr.iter_mut().zip(xr) {
-                *d = (xv - l).exp() * k;
+                *d = (xv - l).fast_exp() * k;
             }
             let t = self.targets[i] as usize;
             dr[t] = dr[t] - k;
@@ -870,44 +914,65 @@ fn strided(t: &Tensor) -> Strided<'_> {
     Strided { guard: Box::new(guard), start, stride }
 }
 
-/// dst (m×n, row stride `dst_rs`, column stride `dst_cs`) (+)= lhs (m×k) · rhs (k×n).
+/// dst (m×n) (+)= beta · lhs (m×k) · rhs (k×n) on strided buffers given as (row stride,
+/// column stride); `parallel` spreads one product over rayon's threads.
+///
+/// SAFETY: every element the extents and strides address lies inside its buffer, and no other
+/// thread reads or writes dst's elements meanwhile.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into<T: Elem>(
+unsafe fn gemm_raw<T: Elem>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
+    dst: *mut T,
     (dst_rs, dst_cs): (usize, usize),
     accumulate: bool,
-    lhs: &[T],
+    lhs: *const T,
     (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[T],
+    rhs: *const T,
     (rhs_rs, rhs_cs): (usize, usize),
+    beta: T,
+    parallel: bool,
 ) {
-    let threads = rayon::current_num_threads();
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        if accumulate { T::one() } else { T::zero() },
+        beta,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// dst (m×n) (+)= lhs (m×k) · rhs (k×n), one product over all threads.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: Elem>(
+    dims: (usize, usize, usize),
+    dst: &mut [T],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: &[T],
+    lhs_strides: (usize, usize),
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+) {
     // SAFETY: the extents implied by (m, n, k) and the strides lie inside the slices (checked
-    // by the callers' shapes).
+    // by the callers' shapes); dst is borrowed mutably.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { T::one() } else { T::zero() },
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
+        gemm_raw(dims, dst.as_mut_ptr(), dst_strides, accumulate, lhs.as_ptr(), lhs_strides, rhs.as_ptr(), rhs_strides, T::one(), true)
     }
 }
 
@@ -1089,5 +1154,28 @@ pub fn keep_freed_memory() {
             libc::mallopt(libc::M_MMAP_MAX, 0);
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Elem;
+
+    #[test]
+    fn fast_exp_and_tanh_match_libm() {
+        let mut worst_exp = 0f64;
+        let mut worst_tanh = 0f64;
+        for i in 0..=2_000_000 {
+            let x = -87.0 + 175.0 * i as f32 / 2_000_000.0;
+            let (ours, libm) = (x.fast_exp() as f64, (x as f64).exp());
+            worst_exp = worst_exp.max((ours - libm).abs() / libm);
+            let y = x / 8.0;
+            worst_tanh = worst_tanh.max((y.fast_tanh() as f64 - (y as f64).tanh()).abs());
+        }
+        assert!(worst_exp < 3.0 * f32::EPSILON as f64, "exp: worst relative error {worst_exp:e}");
+        assert!(worst_tanh < 2.0 * f32::EPSILON as f64, "tanh: worst absolute error {worst_tanh:e}");
+        assert_eq!((-1e4f32).fast_exp(), 0.0);
+        assert_eq!((-100f32).fast_tanh(), -1.0);
+        assert_eq!(100f32.fast_tanh(), 1.0);
     }
 }

@@ -91,8 +91,10 @@ impl AdamW {
     /// gradient means the graph was cut somewhere: that is an error, not a skipped update.
     pub fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<f32> {
         if self.m.is_empty() {
+            // Zeroed allocations, not a clone: fresh pages are zero without being written, and
+            // the first update touches them in parallel.
             self.m = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
-            self.v = self.m.clone();
+            self.v = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
         }
         if self.m.len() != vars.len() {
             bail!("optimizer state is for {} parameters, the model has {}", self.m.len(), vars.len());

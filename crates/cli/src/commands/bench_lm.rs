@@ -24,11 +24,11 @@ pub struct Args {
     pub seq: Vec<usize>,
     /// Timed repetitions of the scoring pass and the training step (median reported);
     /// one untimed warm-up of each precedes them.
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub reps: u16,
     /// Timed repetitions of the whole TTT-NN document.
-    #[arg(long, default_value_t = 1)]
-    pub ttt_reps: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ttt_reps: u16,
     /// Neighbors per TTT-NN document.
     #[arg(short, long, default_value_t = 3)]
     pub k: usize,
@@ -103,7 +103,7 @@ fn worker(a: &Args, dir: &Path) -> Result<()> {
     let first_loss = model.train_step(&neighbors[0], &mut opt, false)?.loss; // warm-up
     model.restore(&saved)?;
     let mut times = Vec::new();
-    for _ in 0..a.reps.max(1) {
+    for _ in 0..a.reps {
         let t = Instant::now();
         score(&model)?;
         times.push(t.elapsed().as_secs_f64());
@@ -111,7 +111,7 @@ fn worker(a: &Args, dir: &Path) -> Result<()> {
     let score_s = median(times);
     let mut opt = new_opt();
     let mut times = Vec::new();
-    for _ in 0..a.reps.max(1) {
+    for _ in 0..a.reps {
         let t = Instant::now();
         model.train_step(&neighbors[0], &mut opt, false)?;
         times.push(t.elapsed().as_secs_f64());
@@ -120,7 +120,7 @@ fn worker(a: &Args, dir: &Path) -> Result<()> {
     model.restore(&saved)?;
     let mut times = Vec::new();
     let mut ttt_scores = Vec::new();
-    for _ in 0..a.ttt_reps.max(1) {
+    for _ in 0..a.ttt_reps {
         let t = Instant::now();
         let mut opt = new_opt();
         ttt_scores = vec![score(&model)?];
