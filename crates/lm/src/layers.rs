@@ -12,20 +12,23 @@ use crate::ops::{self, fusable};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-/// `x @ wᵀ (+ b)` for x `[T, in]`, w `[out, in]` (PyTorch `nn.Linear` layout).
+/// `x @ wᵀ (+ b)` for x `[T, in]`, w `[out, in]` (PyTorch `nn.Linear` layout), or `x @ w`
+/// for w stored `[in, out]` (`transposed`, GPT-2's Conv1D).
 #[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub transposed: bool,
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if fusable(x) && self.weight.rank() == 2 && self.weight.dtype() == x.dtype() {
             let x = x.contiguous()?;
+            let op = ops::LinearOp { transposed: self.transposed };
             return match &self.bias {
-                Some(b) => x.apply_op3(&self.weight, &b.contiguous()?, ops::LinearOp),
-                None => x.apply_op2(&self.weight, ops::LinearOp),
+                Some(b) => x.apply_op3(&self.weight, &b.contiguous()?, op),
+                None => x.apply_op2(&self.weight, op),
             };
         }
         self.forward_composed(x)
@@ -33,7 +36,7 @@ impl Linear {
 
     /// The same from generic candle ops (any device).
     pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = if self.transposed { x.matmul(&self.weight)? } else { x.matmul(&self.weight.t()?)? };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -43,7 +46,7 @@ impl Linear {
 
 /// `x @ wᵀ` for an output head `w` `[vocab, d]` (tied to the embedding or not).
 pub fn head(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Linear { weight: w.clone(), bias: None }.forward(x)
+    Linear { weight: w.clone(), bias: None, transposed: false }.forward(x)
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch).

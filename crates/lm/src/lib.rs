@@ -16,6 +16,7 @@
 
 pub mod alloc;
 mod gguf;
+pub mod grads;
 pub mod layers;
 pub mod loader;
 pub mod model;

@@ -85,6 +85,8 @@ pub struct Model {
     /// The same weights, detached: scoring builds no graph and frees activations as it goes.
     eval_net: Box<dyn Architecture>,
     params: ParamList,
+    /// Where the fused Linear kernel writes its weight and bias gradients (see `grads`).
+    grad_sink: crate::grads::GradSink,
     tokenizer: Option<Tokenizer>,
     rng: StdRng,
 }
@@ -131,7 +133,8 @@ impl Model {
             prefix_token,
             n_params,
         };
-        Ok(Self { info, train_net, eval_net, params, tokenizer, rng: StdRng::seed_from_u64(0) })
+        let grad_sink = crate::grads::GradSink::new(&params.vars);
+        Ok(Self { info, train_net, eval_net, params, grad_sink, tokenizer, rng: StdRng::seed_from_u64(0) })
     }
 
     /// Loads a Hugging Face model folder or a `.gguf` file.
@@ -237,9 +240,10 @@ impl LanguageModel for Model {
         let logits = self.train_net.forward(&ids[..ids.len() - 1], rng)?;
         let loss = layers::cross_entropy(&logits, &ids[1..])?;
         marks.push(Mark::now());
-        let grads = loss.backward()?;
+        self.grad_sink.clear();
+        let grads = self.grad_sink.collect(|| loss.backward())?;
         marks.push(Mark::now());
-        let grad_norm = optimizer.step(&self.params.vars, &grads)?;
+        let grad_norm = optimizer.step(&self.params.vars, &grads, &self.grad_sink)?;
         if profile {
             marks.push(Mark::now());
             let phase = |i: usize, name: &str| {

@@ -890,13 +890,26 @@ pub fn logprobs_cpu(logits: &Tensor, limit: usize, targets: &[u32]) -> Result<Ve
 // seen transposed). The backward writes dW straight in W's own memory order (no transposed
 // gradient views to copy or add later) and dx and db, each with one gemm or one pass.
 
-pub struct LinearOp;
+pub struct LinearOp {
+    /// The weight is stored `[in, out]` (GPT-2's Conv1D) and used as its transpose. Passing
+    /// the stored tensor itself, not a transposed view of it, keeps the parameter's gradient
+    /// in the in-place sink (`grads`): a view would be a graph node candle expects a gradient for.
+    pub transposed: bool,
+}
 
-/// A tensor's buffer from its start offset, with its strides (any layout).
+impl LinearOp {
+    /// The weight as `[out, in]`: its dims and (row, column) strides.
+    fn out_in(&self, l: &Layout) -> Result<(Shape, [usize; 2])> {
+        let (a, b) = l.shape().dims2()?;
+        let st = l.stride();
+        Ok(if self.transposed { ((b, a).into(), [st[1], st[0]]) } else { ((a, b).into(), [st[0], st[1]]) })
+    }
+}
+
+/// A tensor's buffer from its start offset (any layout: the caller has the strides).
 struct Strided<'a> {
     guard: Box<dyn Deref<Target = Storage> + 'a>,
     start: usize,
-    stride: Vec<usize>,
 }
 
 impl Strided<'_> {
@@ -910,8 +923,8 @@ impl Strided<'_> {
 
 fn strided(t: &Tensor) -> Strided<'_> {
     let (guard, layout) = t.storage_and_layout();
-    let (start, stride) = (layout.start_offset(), layout.stride().to_vec());
-    Strided { guard: Box::new(guard), start, stride }
+    let start = layout.start_offset();
+    Strided { guard: Box::new(guard), start }
 }
 
 /// dst (m×n) (+)= beta · lhs (m×k) · rhs (k×n) on strided buffers given as (row stride,
@@ -995,70 +1008,111 @@ fn linear_fwd<T: Elem>(x: &[T], w: &[T], w_stride: &[usize], b: Option<&[T]>, (m
     y
 }
 
+/// dx = dy W, and dW = dyᵀ x written into `dw` in W's memory order (row-major `[out, in]`
+/// unless W is a transposed view), added to its contents if `accumulate`.
+#[allow(clippy::too_many_arguments)]
 fn linear_bwd<T: Elem>(
     x: &[T],
     w: &[T],
     w_stride: &[usize],
     dy: &[T],
-    with_bias: bool,
+    dw: &mut [T],
+    accumulate: bool,
     (m, inp, out): (usize, usize, usize),
-) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
+) -> Vec<T> {
     let mut dx = vec![T::zero(); m * inp];
     gemm_into((m, inp, out), &mut dx, (inp, 1), false, dy, (out, 1), w, (w_stride[0], w_stride[1]));
-    // dW in W's memory order: row-major [out, in] unless W is a transposed view.
-    let transposed = w_stride[1] != 1;
-    let mut dw = vec![T::zero(); out * inp];
-    let dst_strides = if transposed { (1, out) } else { (inp, 1) };
-    gemm_into((out, inp, m), &mut dw, dst_strides, false, dy, (1, out), x, (inp, 1));
-    let db = with_bias.then(|| {
-        dy.par_chunks(out * 64)
-            .fold(
-                || vec![T::zero(); out],
-                |mut acc, c| {
-                    c.chunks(out).for_each(|r| axpy(&mut acc, T::one(), r));
-                    acc
-                },
-            )
-            .reduce(
-                || vec![T::zero(); out],
-                |mut a, b| {
-                    axpy(&mut a, T::one(), &b);
-                    a
-                },
-            )
-    });
-    (dx, dw, db)
+    let dst_strides = if w_stride[1] != 1 { (1, out) } else { (inp, 1) };
+    gemm_into((out, inp, m), dw, dst_strides, accumulate, dy, (1, out), x, (inp, 1));
+    dx
 }
 
-fn linear_backward(x: &Tensor, w: &Tensor, grad: &Tensor, with_bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    let dims = linear_dims(x.shape(), w.shape())?;
+/// db = Σ rows of dy, added into `db` if `accumulate`.
+fn bias_grad<T: Elem>(dy: &[T], db: &mut [T], accumulate: bool) {
+    let out = db.len();
+    let sum = dy
+        .par_chunks(out * 64)
+        .fold(
+            || vec![T::zero(); out],
+            |mut acc, c| {
+                c.chunks(out).for_each(|r| axpy(&mut acc, T::one(), r));
+                acc
+            },
+        )
+        .reduce(
+            || vec![T::zero(); out],
+            |mut a, b| {
+                axpy(&mut a, T::one(), &b);
+                a
+            },
+        );
+    if !accumulate {
+        db.fill(T::zero());
+    }
+    axpy(db, T::one(), &sum);
+}
+
+/// Reinterprets an f32 buffer as `T`'s (the caller has checked that `T` is f32).
+fn as_elem<T: Elem>(v: &mut [f32]) -> &mut [T] {
+    assert_eq!(T::DTYPE, DType::F32);
+    // SAFETY: T is f32 (asserted), so the cast is the identity.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T, v.len()) }
+}
+
+/// The Linear backward: dx, and dW (db) either written into the model's gradient sink (see
+/// `grads`; then `None` is returned for them) or returned as tensors.
+fn linear_backward(
+    op: &LinearOp,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    grad: &Tensor,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    let (ws, w_stride) = op.out_in(w.layout())?;
+    let dims = linear_dims(x.shape(), &ws)?;
     let (x, grad) = (x.contiguous()?, grad.contiguous()?);
     let (vx, vg, sw) = (view(&x)?, view(&grad)?, strided(w));
     fn go<T: Elem>(
-        vx: &View,
-        sw: &Strided,
-        vg: &View,
-        with_bias: bool,
+        (vx, sw, vg): (&View, &Strided, &View),
+        (w, w_stride, b): (&Tensor, [usize; 2], Option<&Tensor>),
         dims: (usize, usize, usize),
         xs: &Shape,
-    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let (dx, dw, db) = linear_bwd::<T>(vx.get()?, sw.get()?, &sw.stride, vg.get()?, with_bias, dims);
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
         let (_, inp, out) = dims;
-        let dw = if sw.stride[1] != 1 {
-            Tensor::from_vec(dw, (inp, out), &Device::Cpu)?.t()?
-        } else {
-            Tensor::from_vec(dw, (out, inp), &Device::Cpu)?
+        let (x, wd, dy) = (vx.get::<T>()?, sw.get::<T>()?, vg.get::<T>()?);
+        let in_sink =
+            crate::grads::write_param_grad(w, |dw, acc| linear_bwd(x, wd, &w_stride, dy, as_elem::<T>(dw), acc, dims));
+        let (dx, dw) = match in_sink {
+            Some(dx) => (dx, None),
+            None => {
+                let mut dw = vec![T::zero(); out * inp];
+                let dx = linear_bwd(x, wd, &w_stride, dy, &mut dw, false, dims);
+                // dW is in W's memory order; shaped as the weight argument is.
+                let mut dw = if w_stride[1] != 1 {
+                    Tensor::from_vec(dw, (inp, out), &Device::Cpu)?
+                } else {
+                    Tensor::from_vec(dw, (out, inp), &Device::Cpu)?
+                };
+                if dw.dims() != w.dims() {
+                    dw = dw.t()?;
+                }
+                (dx, Some(dw))
+            }
         };
-        let db = match db {
-            Some(db) => Some(Tensor::from_vec(db, out, &Device::Cpu)?),
+        let db = match b {
+            Some(b) => match crate::grads::write_param_grad(b, |db, acc| bias_grad(dy, as_elem::<T>(db), acc)) {
+                Some(()) => None,
+                None => {
+                    let mut db = vec![T::zero(); out];
+                    bias_grad(dy, &mut db, false);
+                    Some(Tensor::from_vec(db, out, &Device::Cpu)?)
+                }
+            },
             None => None,
         };
-        Ok((out_t(dx, xs)?, dw, db))
+        Ok((self::out(dx, xs)?, dw, db))
     }
-    fn out_t<T: Elem>(v: Vec<T>, s: &Shape) -> Result<Tensor> {
-        out(v, s)
-    }
-    dispatch!(x.dtype(), go::<T>(&vx, &sw, &vg, with_bias, dims, x.shape()))
+    dispatch!(x.dtype(), go::<T>((&vx, &sw, &vg), (w, w_stride, b), dims, x.shape()))
 }
 
 fn linear_shape(xs: &Shape, out: usize) -> Shape {
@@ -1073,14 +1127,15 @@ impl CustomOp2 for LinearOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = linear_dims(l1.shape(), l2.shape())?;
+        let (ws, w_stride) = self.out_in(l2)?;
+        let dims = linear_dims(l1.shape(), &ws)?;
         let o = l2.start_offset();
         let st = match s1 {
             CpuStorage::F32(_) => {
-                CpuStorage::F32(linear_fwd(cont::<f32>(s1, l1)?, &s2.as_slice::<f32>()?[o..], l2.stride(), None, dims))
+                CpuStorage::F32(linear_fwd(cont::<f32>(s1, l1)?, &s2.as_slice::<f32>()?[o..], &w_stride, None, dims))
             }
             CpuStorage::F64(_) => {
-                CpuStorage::F64(linear_fwd(cont::<f64>(s1, l1)?, &s2.as_slice::<f64>()?[o..], l2.stride(), None, dims))
+                CpuStorage::F64(linear_fwd(cont::<f64>(s1, l1)?, &s2.as_slice::<f64>()?[o..], &w_stride, None, dims))
             }
             _ => bail!("linear: unsupported dtype"),
         };
@@ -1088,8 +1143,8 @@ impl CustomOp2 for LinearOp {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = linear_backward(x, w, grad, false)?;
-        Ok((Some(dx), Some(dw)))
+        let (dx, dw, _) = linear_backward(self, x, w, None, grad)?;
+        Ok((Some(dx), dw))
     }
 }
 
@@ -1107,20 +1162,21 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = linear_dims(l1.shape(), l2.shape())?;
+        let (ws, w_stride) = self.out_in(l2)?;
+        let dims = linear_dims(l1.shape(), &ws)?;
         let o = l2.start_offset();
         let st = match s1 {
             CpuStorage::F32(_) => CpuStorage::F32(linear_fwd(
                 cont::<f32>(s1, l1)?,
                 &s2.as_slice::<f32>()?[o..],
-                l2.stride(),
+                &w_stride,
                 Some(cont(s3, l3)?),
                 dims,
             )),
             CpuStorage::F64(_) => CpuStorage::F64(linear_fwd(
                 cont::<f64>(s1, l1)?,
                 &s2.as_slice::<f64>()?[o..],
-                l2.stride(),
+                &w_stride,
                 Some(cont(s3, l3)?),
                 dims,
             )),
@@ -1133,12 +1189,12 @@ impl CustomOp3 for LinearOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = linear_backward(x, w, grad, true)?;
-        Ok((Some(dx), Some(dw), db))
+        let (dx, dw, db) = linear_backward(self, x, w, Some(b), grad)?;
+        Ok((Some(dx), dw, db))
     }
 }
 

@@ -3,7 +3,9 @@
 //! parameter's buffer (candle_nn's AdamW allocates ~14 tensors per parameter per step).
 
 use anyhow::{bail, Result};
+use crate::grads::{Buffer, GradSink};
 use candle_core::backprop::GradStore;
+use std::sync::MutexGuard;
 use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 
@@ -86,10 +88,11 @@ impl AdamW {
         *self = Self::new(self.config);
     }
 
-    /// Applies one update to `vars` from `grads`; returns the global gradient norm before
-    /// clipping. Every parameter takes part in every forward pass, so a parameter without a
-    /// gradient means the graph was cut somewhere: that is an error, not a skipped update.
-    pub fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<f32> {
+    /// Applies one update to `vars` from their gradients in `grads` and `sink` (summed where a
+    /// parameter is in both); returns the global gradient norm before clipping. Every
+    /// parameter takes part in every forward pass, so a parameter without a gradient means the
+    /// graph was cut somewhere: that is an error, not a skipped update.
+    pub fn step(&mut self, vars: &[Var], grads: &GradStore, sink: &GradSink) -> Result<f32> {
         if self.m.is_empty() {
             // Zeroed allocations, not a clone: fresh pages are zero without being written, and
             // the first update touches them in parallel.
@@ -101,13 +104,19 @@ impl AdamW {
         }
         let mut grad_tensors = Vec::with_capacity(vars.len());
         for (i, var) in vars.iter().enumerate() {
-            let g = grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("parameter {i} got no gradient"))?;
-            grad_tensors.push(g.contiguous()?);
+            grad_tensors.push(match (grads.get(var.as_tensor()), sink.get(i)) {
+                (Some(t), None) => Grad::Store(t.contiguous()?),
+                (None, Some(b)) => Grad::Sink(b),
+                (Some(t), Some(b)) => {
+                    Grad::Sum(with_f32_slice(&t.contiguous()?, |g| g.iter().zip(&b.data).map(|(x, y)| x + y).collect())?)
+                }
+                (None, None) => bail!("parameter {i} got no gradient"),
+            });
         }
         // Global norm in f64 over f32 squares, as clip_grad_norm_ (which sums per-tensor norms).
         let mut total_sq = 0f64;
         for g in &grad_tensors {
-            let norm = with_f32_slice(g, |g| {
+            let norm = g.with_slice(|g| {
                 g.par_chunks(CHUNK).map(|c| c.iter().map(|x| x * x).sum::<f32>()).sum::<f32>().sqrt()
             })?;
             total_sq += (norm as f64) * (norm as f64);
@@ -128,7 +137,7 @@ impl AdamW {
         let bias2_sqrt = bias2_sqrt as f32;
         for (i, var) in vars.iter().enumerate() {
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            with_f32_slice(&grad_tensors[i], |g| {
+            grad_tensors[i].with_slice(|g| {
                 let (m_ptr, v_ptr) = (SendPtr(m.as_mut_ptr()), SendPtr(v.as_mut_ptr()));
                 update_in_place(var.as_tensor(), |p| {
                     let n = p.len();
@@ -156,6 +165,23 @@ impl AdamW {
             })??;
         }
         Ok(total_norm)
+    }
+}
+
+/// A parameter's gradient: from candle's store, from the in-place sink, or their sum.
+enum Grad<'a> {
+    Store(Tensor),
+    Sink(MutexGuard<'a, Buffer>),
+    Sum(Vec<f32>),
+}
+
+impl Grad<'_> {
+    fn with_slice<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        match self {
+            Grad::Store(t) => with_f32_slice(t, f),
+            Grad::Sink(b) => Ok(f(&b.data)),
+            Grad::Sum(v) => Ok(f(v)),
+        }
     }
 }
 

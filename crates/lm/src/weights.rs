@@ -24,6 +24,7 @@ pub(crate) fn linear(w: &mut dyn WeightSource, prefix: &str, n_in: usize, n_out:
     Ok(Linear {
         weight: w.get(&format!("{prefix}.weight"), &[n_out, n_in])?,
         bias: if bias { Some(w.get(&format!("{prefix}.bias"), &[n_out])?) } else { None },
+        transposed: false,
     })
 }
 

@@ -14,8 +14,8 @@ fn block_loss(x: &Tensor, ln_w: &Tensor, rms_w: &Tensor, wq: &Tensor, wkv: &Tens
     let ln = LayerNorm { weight: ln_w.clone(), bias: (ln_w * 0.5).unwrap(), eps: 1e-5 };
     let rms = RmsNorm::new(rms_w.clone(), 1e-6, true);
     let h = rms.forward(&ln.forward(x).unwrap()).unwrap();
-    let q = Linear { weight: wq.clone(), bias: None }.forward(&h).unwrap();
-    let kv = Linear { weight: wkv.clone(), bias: Some(wkv.narrow(1, 0, 1).unwrap().squeeze(1).unwrap()) }
+    let q = Linear { weight: wq.clone(), bias: None, transposed: false }.forward(&h).unwrap();
+    let kv = Linear { weight: wkv.clone(), bias: Some(wkv.narrow(1, 0, 1).unwrap().squeeze(1).unwrap()), transposed: false }
         .forward(&h)
         .unwrap();
     let (t, _) = x.dims2().unwrap();
@@ -86,16 +86,16 @@ fn fused_block_loss(v: &[Var], fused: bool) -> Tensor {
     let ln = LayerNorm { weight: ln_w.clone(), bias: (ln_w * 0.5).unwrap(), eps: 1e-5 };
     let rms = RmsNorm::new(rms_w.clone(), 1e-6, true);
     // A Conv1D-style weight: stored [in, out], used as its transpose.
-    let lin = |w: &Tensor, b: Option<Tensor>| Linear { weight: w.clone(), bias: b };
+    let lin = |w: &Tensor, b: Option<Tensor>, transposed| Linear { weight: w.clone(), bias: b, transposed };
     let (h, q, kv) = if fused {
         let h = rms.forward(&ln.forward(x).unwrap()).unwrap();
-        let q = lin(wq, None).forward(&h).unwrap();
-        let kv = lin(&wkv.t().unwrap(), Some(wkv.narrow(0, 0, 1).unwrap().squeeze(0).unwrap())).forward(&h).unwrap();
+        let q = lin(wq, None, false).forward(&h).unwrap();
+        let kv = lin(wkv, Some(wkv.narrow(0, 0, 1).unwrap().squeeze(0).unwrap()), true).forward(&h).unwrap();
         (h, q, kv)
     } else {
         let h = rms.forward_composed(&ln.forward_composed(x).unwrap()).unwrap();
-        let q = lin(wq, None).forward_composed(&h).unwrap();
-        let kv = lin(&wkv.t().unwrap(), Some(wkv.narrow(0, 0, 1).unwrap().squeeze(0).unwrap()))
+        let q = lin(wq, None, false).forward_composed(&h).unwrap();
+        let kv = lin(wkv, Some(wkv.narrow(0, 0, 1).unwrap().squeeze(0).unwrap()), true)
             .forward_composed(&h)
             .unwrap();
         (h, q, kv)
@@ -122,9 +122,9 @@ fn fused_block_loss(v: &[Var], fused: bool) -> Tensor {
         };
         let a = (a + &h.narrow(1, 0, 16).unwrap()).unwrap();
         let logits = if fused {
-            layers::head(&lin(w_up, None).forward(&a).unwrap(), head).unwrap()
+            layers::head(&lin(w_up, None, false).forward(&a).unwrap(), head).unwrap()
         } else {
-            lin(w_up, None).forward_composed(&a).unwrap().matmul(&head.t().unwrap()).unwrap()
+            lin(w_up, None, false).forward_composed(&a).unwrap().matmul(&head.t().unwrap()).unwrap()
         };
         let targets = [1, 0, 2, 1, 3, 5];
         let l = if fused { layers::cross_entropy(&logits, &targets) } else { layers::cross_entropy_composed(&logits, &targets) }
@@ -345,4 +345,48 @@ fn tied_head_is_one_parameter() {
     assert_eq!(model.info().n_params as u64, exp["train"]["n_params"].as_u64().unwrap());
     assert!(!model.param_names().iter().any(|n| n.contains("lm_head")));
     let _ = ids(&exp["train"]["ids"]);
+}
+
+#[test]
+fn gradient_sink_matches_candles_gradients() {
+    // f32 weights (the sink holds f32 parameters): a plain [out, in] weight used twice in one
+    // step (accumulated in the sink), a Conv1D-style [in, out] weight with a bias, and a head
+    // tied to an embedding (summed from the sink and candle's store by the optimizer).
+    let mut var = seeded_vars(7);
+    let to_f32 = |v: Var| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap()).unwrap();
+    let (w, conv, bias, emb) =
+        (to_f32(var(&[6, 6])), to_f32(var(&[6, 5])), to_f32(var(&[5])), to_f32(var(&[5, 6])));
+    let x = to_f32(var(&[4, 6]));
+    let loss = |fused: bool| {
+        let lin = Linear { weight: w.as_tensor().clone(), bias: None, transposed: false };
+        let c1d = Linear { weight: conv.as_tensor().clone(), bias: Some(bias.as_tensor().clone()), transposed: true };
+        let go = |l: &Linear, h: &Tensor| if fused { l.forward(h) } else { l.forward_composed(h) }.unwrap();
+        let h = go(&lin, &go(&lin, x.as_tensor()).tanh().unwrap());
+        let y = go(&c1d, &h);
+        let e = layers::embed(emb.as_tensor(), &[1, 3, 4, 0]).unwrap();
+        (y.mul(&e.narrow(1, 0, 5).unwrap()).unwrap().sum_all().unwrap()
+            + layers::head(&h, emb.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap())
+        .unwrap()
+    };
+    let params = [w.clone(), conv.clone(), bias.clone(), emb.clone()];
+    let reference = loss(false).backward().unwrap();
+    let sink = lm::grads::GradSink::new(&params);
+    let store = sink.collect(|| loss(true).backward()).unwrap();
+    for (i, p) in params.iter().enumerate() {
+        let want: Vec<f32> = reference.get(p.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let in_store = store.get(p.as_tensor()).map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let got: Vec<f32> = match (in_store, sink.get(i)) {
+            (Some(a), Some(b)) => a.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
+            (None, Some(b)) => b.data.clone(),
+            (Some(a), None) => a,
+            (None, None) => panic!("parameter {i} got no gradient"),
+        };
+        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "parameter {i}: worst difference {worst:e}");
+    }
+    // The Linear weights went to the sink, not to candle's store.
+    assert!(store.get(w.as_tensor()).is_none() && store.get(conv.as_tensor()).is_none());
+    assert!(sink.get(0).is_some() && sink.get(3).is_some());
+    sink.clear();
+    assert!(sink.get(0).is_none());
 }

@@ -66,11 +66,11 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
 }
 
-/// A Conv1D weight `[in, out]` as a Linear `[out, in]`.
+/// A Conv1D layer: weight stored `[in, out]`.
 fn conv1d(w: &mut dyn WeightSource, prefix: &str, n_in: usize, n_out: usize) -> Result<Linear> {
-    let weight = w.get(&format!("{prefix}.weight"), &[n_in, n_out])?.t()?;
+    let weight = w.get(&format!("{prefix}.weight"), &[n_in, n_out])?;
     let bias = Some(w.get(&format!("{prefix}.bias"), &[n_out])?);
-    Ok(Linear { weight, bias })
+    Ok(Linear { weight, bias, transposed: true })
 }
 
 impl Gpt2 {
