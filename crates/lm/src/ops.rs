@@ -1003,9 +1003,35 @@ fn linear_fwd<T: Elem>(x: &[T], w: &[T], w_stride: &[usize], b: Option<&[T]>, (m
     if let Some(b) = b {
         y.par_chunks_mut(out * ROWS).for_each(|c| c.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
     }
+    // gemm runs a column-major right-hand side with a long inner dimension at under half
+    // speed (measured on Zen 4: 82–119 against 202–210 GFLOP/s for SmolLM2's and GPT-2's MLP
+    // down-projections): such a weight is first copied into a row-major Wᵀ, which costs one
+    // pass over W against 2·m passes of arithmetic.
+    if w_stride[1] == 1 && inp >= 1024 && m >= 16 {
+        let wt = transposed_copy(w, w_stride[0], out, inp);
+        gemm_into((m, out, inp), &mut y, (out, 1), b.is_some(), x, (inp, 1), &wt, (out, 1));
+        return y;
+    }
     // rhs = Wᵀ: element (k, o) is w[o * w_rs + k * w_cs].
     gemm_into((m, out, inp), &mut y, (out, 1), b.is_some(), x, (inp, 1), w, (w_stride[1], w_stride[0]));
     y
+}
+
+/// Aᵀ `[cols, rows]` row-major, from A `[rows, cols]` with row stride `rs` (unit column stride).
+fn transposed_copy<T: Elem>(a: &[T], rs: usize, rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    let mut t = vec![T::zero(); rows * cols];
+    t.par_chunks_mut(rows * TILE).enumerate().for_each(|(ci, block)| {
+        let c0 = ci * TILE;
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for (dc, dst) in block.chunks_mut(rows).enumerate() {
+                    dst[r] = a[r * rs + c0 + dc];
+                }
+            }
+        }
+    });
+    t
 }
 
 /// dx = dy W, and dW = dyᵀ x written into `dw` in W's memory order (row-major `[out, in]`
