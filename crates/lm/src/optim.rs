@@ -33,8 +33,12 @@ impl Default for AdamWConfig {
 pub struct AdamW {
     pub config: AdamWConfig,
     step: u64,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// Moments of all parameters, each in one buffer (one large block: huge pages and one
+    /// cache entry, not hundreds of small first-touched allocations); parameter i owns
+    /// `offsets[i]..offsets[i + 1]`.
+    m: Vec<f32>,
+    v: Vec<f32>,
+    offsets: Vec<usize>,
 }
 
 /// Reads a contiguous f32 CPU tensor as a slice (no copy) and hands it to `f`.
@@ -75,7 +79,7 @@ const CHUNK: usize = 1 << 14;
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, step: 0, m: Vec::new(), v: Vec::new() }
+        Self { config, step: 0, m: Vec::new(), v: Vec::new(), offsets: Vec::new() }
     }
 
     /// Steps taken so far.
@@ -93,14 +97,23 @@ impl AdamW {
     /// parameter takes part in every forward pass, so a parameter without a gradient means the
     /// graph was cut somewhere: that is an error, not a skipped update.
     pub fn step(&mut self, vars: &[Var], grads: &GradStore, sink: &GradSink) -> Result<f32> {
-        if self.m.is_empty() {
+        if self.offsets.is_empty() {
+            self.offsets = std::iter::once(0)
+                .chain(vars.iter().scan(0, |end, v| {
+                    *end += v.elem_count();
+                    Some(*end)
+                }))
+                .collect();
             // Zeroed allocations, not a clone: fresh pages are zero without being written, and
             // the first update touches them in parallel.
-            self.m = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
-            self.v = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
+            let total = self.offsets[vars.len()];
+            self.m = vec![0f32; total];
+            self.v = vec![0f32; total];
         }
-        if self.m.len() != vars.len() {
-            bail!("optimizer state is for {} parameters, the model has {}", self.m.len(), vars.len());
+        let fits = self.offsets.len() == vars.len() + 1
+            && vars.iter().enumerate().all(|(i, v)| self.offsets[i + 1] - self.offsets[i] == v.elem_count());
+        if !fits {
+            bail!("optimizer state is for {} parameters of other sizes than the model's {}", self.offsets.len() - 1, vars.len());
         }
         let mut grad_tensors = Vec::with_capacity(vars.len());
         for (i, var) in vars.iter().enumerate() {
@@ -136,7 +149,8 @@ impl AdamW {
         let decay = (1.0 - c.lr * c.weight_decay) as f32;
         let bias2_sqrt = bias2_sqrt as f32;
         for (i, var) in vars.iter().enumerate() {
-            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            let range = self.offsets[i]..self.offsets[i + 1];
+            let (m, v) = (&mut self.m[range.clone()], &mut self.v[range]);
             grad_tensors[i].with_slice(|g| {
                 let (m_ptr, v_ptr) = (SendPtr(m.as_mut_ptr()), SendPtr(v.as_mut_ptr()));
                 update_in_place(var.as_tensor(), |p| {
