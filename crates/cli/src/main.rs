@@ -32,8 +32,8 @@ enum Command {
     Bench(commands::bench_index::BenchCommand),
 }
 
-/// Large blocks from cached huge-page mappings: see `lm::alloc` (page faults were ~15% of a
-/// training step).
+/// Large blocks from cached mappings, reused across training steps: see `lm::alloc` (page
+/// faults were 10–20% of a step).
 #[global_allocator]
 static ALLOC: lm::alloc::BlockCache = lm::alloc::BlockCache;
 

@@ -1224,21 +1224,6 @@ impl CustomOp3 for LinearOp {
     }
 }
 
-/// Keeps freed memory in the process (glibc: no mmap for large blocks, no trimming), so the
-/// hundreds of MB of activations and gradients that each training step allocates and frees
-/// are not returned to the kernel and zero-faulted back in on the next step (that cost ~15%
-/// of a GPT-2 step). Process-wide; applied once, on Linux/glibc only.
-pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_MMAP_MAX, 0);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::Elem;
